@@ -1,0 +1,104 @@
+# ctglip - build, test, run.
+#
+#   make            build everything into build/
+#   make test       install missing Debian packages, build, run every test
+#   make run        install missing packages, build, start ctglipd on etc/ctglipd.conf
+#   make bench      benchmarks (prints ratios against named peers)
+#   make SANITIZE=address,undefined test    the same under sanitizers (build-san/)
+#
+# CUDA parts are built only where nvcc exists (see cuda/cu.h).
+
+CC       ?= cc
+CXX      ?= c++
+SANITIZE ?=
+NVCC     ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+
+ifeq ($(SANITIZE),)
+BUILD    ?= build
+OPT      ?= -O2
+else
+BUILD    ?= build-san
+OPT      ?= -O1 -fno-omit-frame-pointer -fsanitize=$(SANITIZE)
+SANLD    := -fsanitize=$(SANITIZE)
+endif
+
+WARN     := -Wall -Wextra -Wshadow
+CPPFLAGS += -D_GNU_SOURCE -I. -MMD -MP -DHAVE_SYSTEMD=1
+CFLAGS   += -std=gnu11 $(OPT) -g $(WARN) -Wstrict-prototypes -pthread
+CXXFLAGS += -std=c++17 $(OPT) -g $(WARN) -pthread
+LDLIBS_DCMTK := -ldcmtls -ldcmnet -ldcmjpls -ldcmtkcharls -ldcmjpeg -lijg8 -lijg12 -lijg16 \
+                -ldcmimgle -ldcmdata -loflog -lofstd -lssl -lcrypto
+LDLIBS   := -luv -lsqlite3 -linih -lsystemd -lssl -lcrypto -lpthread -lm
+LDFLAGS  += -pthread $(SANLD)
+
+ifneq ($(NVCC),)
+CPPFLAGS += -DHAVE_CUDA=1
+CUDA_OBJ := $(BUILD)/cuda/device.o
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt
+else
+CUDA_OBJ := $(BUILD)/cuda/nogpu.o
+CUDA_LIBS :=
+endif
+
+CORE_SRC   := core/util.c
+STORE_SRC  := store/db.c store/ingest.c store/queue.c
+DICOM_SRC  := dicom/scp.cc dicom/parse.cc dicom/scu.cc
+DAEMON_SRC := daemon/config.c daemon/ingest.c daemon/worker.c daemon/server.c
+TEST_SRC   := tests/runner.c tests/test_store.c tests/test_queue.c tests/test_config.c
+
+obj = $(patsubst %.cc,$(BUILD)/%.o,$(patsubst %.c,$(BUILD)/%.o,$(1)))
+
+LIB_OBJ    := $(call obj,$(CORE_SRC) $(STORE_SRC) $(DICOM_SRC)) $(CUDA_OBJ)
+DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
+
+BINS := $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/tests/runner
+
+.PHONY: all test run bench bench-ingest clean deps check-config
+all: $(BINS)
+
+$(BUILD)/ctglipd: $(call obj,daemon/main.c) $(DAEMON_OBJ) $(LIB_OBJ)
+	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
+
+$(BUILD)/ctglip: $(call obj,tools/ctglip.c daemon/config.c) $(LIB_OBJ)
+	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
+
+$(BUILD)/tests/runner: $(call obj,$(TEST_SRC)) $(DAEMON_OBJ) $(LIB_OBJ)
+	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/%.o: %.cc
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c -o $@ $<
+
+$(BUILD)/cuda/device.o: cuda/device.cu cuda/cu.h
+	@mkdir -p $(dir $@)
+	$(NVCC) -O2 -I. -DHAVE_CUDA=1 -c -o $@ $<
+
+deps:
+	@sh scripts/deps.sh
+
+# Every test: unit tests in-process, integration tests against the real
+# daemon and DCMTK tools on loopback.  The last line is "N passed, N failed".
+test: deps all
+	@CTG_BUILD=$(BUILD) $(BUILD)/tests/runner $(TESTS)
+
+run: deps all
+	$(BUILD)/ctglipd -c etc/ctglipd.conf
+
+check-config: all
+	$(BUILD)/ctglipd -t -c etc/ctglipd.conf
+
+bench: bench-ingest
+
+bench-ingest: deps all
+	@BENCH_DEPS=1 sh scripts/deps.sh
+	@CTG_BUILD=$(BUILD) bash bench/ingest.sh
+
+clean:
+	rm -rf build build-san
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

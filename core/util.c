@@ -1,0 +1,156 @@
+/*
+ * util.c - error text, levelled logging to stderr, clocks and durable
+ * file-system helpers.
+ *
+ * Threading: all functions may be called from any thread.  A log line is
+ * written with one locked stdio call so lines from threads never interleave.
+ */
+#include "core.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+volatile int ctg_log_level = CTG_LOG_INFO;
+
+const char *ctg_strerror(int err)
+{
+    switch (err) {
+    case 0:
+        return "success";
+#define CTG__CASE(name, val, msg)                                              \
+    case (val):                                                                \
+        return msg;
+        CTG_ERRNO_MAP(CTG__CASE)
+#undef CTG__CASE
+    default:
+        break;
+    }
+    if (err < 0 && err > -1000) {
+        /* strerror() on glibc returns a static string for known values. */
+        return strerror(-err);
+    }
+    return "unknown error";
+}
+
+int ctg_log_parse_level(const char *s)
+{
+    static const char *names[] = {"error", "warn", "info", "debug"};
+    for (int i = 0; i < 4; i++)
+        if (strcasecmp(s, names[i]) == 0) return i;
+    if (strcasecmp(s, "warning") == 0) return CTG_LOG_WARN;
+    return -1;
+}
+
+void ctg_log_write(int level, const char *fmt, ...)
+{
+    static const char *tags[] = {"error", "warn", "info", "debug"};
+    /* journald reads a "<N>" syslog priority prefix when stderr is a journal
+     * stream; a terminal gets a timestamp instead. */
+    static const int prio[] = {3, 4, 6, 7};
+    static int journal = -1;
+    char line[2048];
+    size_t n = 0;
+
+    if (level < 0) level = 0;
+    if (level > 3) level = 3;
+    if (journal < 0) journal = getenv("JOURNAL_STREAM") != NULL;
+
+    if (journal) {
+        n = (size_t)snprintf(line, sizeof line, "<%d>", prio[level]);
+    } else {
+        struct timespec ts;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        n = strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
+        n += (size_t)snprintf(line + n, sizeof line - n, ".%03ldZ [%s] ",
+                              ts.tv_nsec / 1000000L, tags[level]);
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + n, sizeof line - n, fmt, ap);
+    va_end(ap);
+    if (m < 0) m = 0;
+    n += (size_t)m;
+    if (n > sizeof line - 2) n = sizeof line - 2;
+    line[n++] = '\n';
+    line[n] = 0;
+    fputs(line, stderr);
+    fflush(stderr);
+}
+
+double ctg_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+double ctg_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int ctg_fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return ctg_errno(errno);
+    int r = 0;
+    if (fsync(fd) != 0) r = ctg_errno(errno);
+    close(fd);
+    return r;
+}
+
+int ctg_mkdirs(const char *path)
+{
+    char buf[PATH_MAX];
+    size_t len = strlen(path);
+    if (len == 0 || len >= sizeof buf) return CTG_EINVAL;
+    memcpy(buf, path, len + 1);
+    while (len > 1 && buf[len - 1] == '/') buf[--len] = 0;
+
+    struct stat st;
+    if (stat(buf, &st) == 0) return S_ISDIR(st.st_mode) ? 0 : CTG_EEXIST;
+
+    /* Create the parent first, then this level. */
+    char *slash = strrchr(buf, '/');
+    if (slash && slash != buf) {
+        *slash = 0;
+        int r = ctg_mkdirs(buf);
+        if (r < 0) return r;
+        *slash = '/';
+    }
+    if (mkdir(buf, 0750) != 0 && errno != EEXIST) return ctg_errno(errno);
+    if (slash) {
+        if (slash == buf) return ctg_fsync_dir("/");
+        *slash = 0;
+        int r = ctg_fsync_dir(buf);
+        *slash = '/';
+        return r;
+    }
+    return ctg_fsync_dir(".");
+}
+
+int ctg_write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return ctg_errno(errno);
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}

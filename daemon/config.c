@@ -1,0 +1,407 @@
+/*
+ * config.c - ctglipd.conf: INI through libinih, checked key by key.
+ *
+ * Every key has a default (ctg_config_defaults); the file only overrides.
+ * Unknown sections and keys are errors, so a typo is not silently ignored.
+ * Errors name the file and the line.  Threading: pure functions.
+ */
+#include "daemon.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <ini.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+void ctg_config_defaults(ctg_config *c)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->ae_title, sizeof c->ae_title, "CTGLIP");
+    c->port = 11112;
+    c->tls_port = 0;
+    c->max_pdu = 131072;
+    c->acse_timeout = 10;
+    c->dimse_timeout = 60;
+    c->idle_timeout = 120;
+    c->max_associations = 32;
+    c->max_associations_per_ae = 8;
+    c->max_instance_bytes = 2048ull << 20;
+    c->tls_verify_peer = 1;
+    snprintf(c->tls_profile, sizeof c->tls_profile, "bcp195");
+    c->any_ae = 1;
+    ctg_cidr_parse("127.0.0.0/8", &c->allow_hosts[0]);
+    ctg_cidr_parse("::1", &c->allow_hosts[1]);
+    c->n_allow_hosts = 2;
+    snprintf(c->spool, sizeof c->spool, "var/spool");
+    snprintf(c->index, sizeof c->index, "var/index.db");
+    c->reserve_bytes = 1024ull << 20;
+    c->study_stable_seconds = 30;
+    c->workers = 1;
+    c->lease_seconds = 600;
+    c->max_attempts = 3;
+    c->retry_base_seconds = 30;
+    c->retry_max_seconds = 3600;
+    c->log_level = CTG_LOG_INFO;
+    c->shutdown_grace_seconds = 30;
+}
+
+int ctg_cidr_parse(const char *s, ctg_cidr *out)
+{
+    char buf[80];
+    size_t n = strlen(s);
+    if (n == 0 || n >= sizeof buf) return CTG_EINVAL;
+    memcpy(buf, s, n + 1);
+    memset(out, 0, sizeof *out);
+    char *slash = strchr(buf, '/');
+    if (slash) *slash = 0;
+    if (inet_pton(AF_INET, buf, out->addr) == 1) {
+        out->family = AF_INET;
+        out->prefix = 32;
+    } else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
+        out->family = AF_INET6;
+        out->prefix = 128;
+    } else {
+        return CTG_EINVAL;
+    }
+    if (slash) {
+        char *end;
+        long p = strtol(slash + 1, &end, 10);
+        if (*end || end == slash + 1 || p < 0 || p > out->prefix) return CTG_EINVAL;
+        out->prefix = (int)p;
+    }
+    return 0;
+}
+
+static int prefix_match(const uint8_t *a, const uint8_t *b, int bits)
+{
+    int bytes = bits / 8, rest = bits % 8;
+    if (memcmp(a, b, (size_t)bytes) != 0) return 0;
+    if (rest == 0) return 1;
+    uint8_t mask = (uint8_t)(0xff << (8 - rest));
+    return (a[bytes] & mask) == (b[bytes] & mask);
+}
+
+int ctg_addr_allowed(const ctg_config *cfg, const char *addr)
+{
+    char buf[80];
+    uint8_t a[16];
+    int fam;
+    snprintf(buf, sizeof buf, "%s", addr);
+    /* Accept "[v6]" and strip a zone id. */
+    char *p = buf;
+    if (*p == '[') {
+        p++;
+        char *e = strchr(p, ']');
+        if (e) *e = 0;
+    }
+    char *pct = strchr(p, '%');
+    if (pct) *pct = 0;
+    if (inet_pton(AF_INET, p, a) == 1) {
+        fam = AF_INET;
+    } else if (inet_pton(AF_INET6, p, a) == 1) {
+        fam = AF_INET6;
+        /* An IPv4-mapped address is checked as IPv4. */
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(a, mapped, 12) == 0) {
+            memmove(a, a + 12, 4);
+            fam = AF_INET;
+        }
+    } else {
+        return 0;
+    }
+    for (int i = 0; i < cfg->n_allow_hosts; i++) {
+        const ctg_cidr *c = &cfg->allow_hosts[i];
+        if (c->family == fam && prefix_match(a, c->addr, c->prefix)) return 1;
+    }
+    return 0;
+}
+
+const ctg_ae_rule *ctg_ae_rule_find(const ctg_config *cfg, const char *ae)
+{
+    for (int i = 0; i < cfg->n_ae_rules; i++)
+        if (strcmp(cfg->ae_rules[i].ae, ae) == 0) return &cfg->ae_rules[i];
+    return NULL;
+}
+
+/* ---- parsing ------------------------------------------------------------- */
+
+typedef struct parse_ctx {
+    ctg_config *cfg;
+    char err[512]; /* first error, without the line */
+    int seen_access_hosts, seen_access_ae;
+} parse_ctx;
+
+static int fail(parse_ctx *p, const char *fmt, const char *a, const char *b)
+{
+    if (!p->err[0]) snprintf(p->err, sizeof p->err, fmt, a, b);
+    return 0;
+}
+
+static int parse_int(const char *v, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    while (*end && isspace((unsigned char)*end)) end++;
+    if (errno || end == v || *end || x < lo || x > hi) return -1;
+    *out = x;
+    return 0;
+}
+
+static int parse_bool(const char *v, int *out)
+{
+    if (!strcasecmp(v, "yes") || !strcasecmp(v, "true") || !strcmp(v, "1") ||
+        !strcasecmp(v, "on")) {
+        *out = 1;
+        return 0;
+    }
+    if (!strcasecmp(v, "no") || !strcasecmp(v, "false") || !strcmp(v, "0") ||
+        !strcasecmp(v, "off")) {
+        *out = 0;
+        return 0;
+    }
+    return -1;
+}
+
+static int valid_ae(const char *v)
+{
+    size_t n = strlen(v);
+    if (n == 0 || n > 16) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (v[i] == '\\' || (unsigned char)v[i] < 0x20 || (unsigned char)v[i] > 0x7e)
+            return 0;
+    return 1;
+}
+
+/* Splits a list on commas and blanks and calls fn for each item. */
+static int each_item(const char *v, int (*fn)(parse_ctx *, const char *), parse_ctx *p)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", v);
+    char *save = NULL;
+    for (char *t = strtok_r(buf, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save))
+        if (!fn(p, t)) return 0;
+    return 1;
+}
+
+static int add_host(parse_ctx *p, const char *t)
+{
+    ctg_config *c = p->cfg;
+    if (c->n_allow_hosts >= CTG_MAX_LIST) return fail(p, "too many allow_hosts entries%s%s", "", "");
+    if (ctg_cidr_parse(t, &c->allow_hosts[c->n_allow_hosts]) < 0)
+        return fail(p, "allow_hosts: '%s' is not an address or address/prefix%s", t, "");
+    c->n_allow_hosts++;
+    return 1;
+}
+
+static int add_ae(parse_ctx *p, const char *t)
+{
+    ctg_config *c = p->cfg;
+    if (!strcmp(t, "*")) {
+        c->any_ae = 1;
+        return 1;
+    }
+    if (!valid_ae(t)) return fail(p, "allow_ae: '%s' is not a valid AE title%s", t, "");
+    if (c->n_allow_ae >= CTG_MAX_LIST) return fail(p, "too many allow_ae entries%s%s", "", "");
+    snprintf(c->allow_ae[c->n_allow_ae++], 17, "%s", t);
+    return 1;
+}
+
+#define INT_KEY(sec, key, field, lo, hi)                                       \
+    if (!strcmp(section, sec) && !strcmp(name, key)) {                         \
+        long x_;                                                               \
+        if (parse_int(value, lo, hi, &x_) < 0)                                 \
+            return fail(p, "%s must be an integer in range (" #lo ".." #hi     \
+                           "), not '%s'", key, value);                         \
+        c->field = (int)x_;                                                    \
+        return 1;                                                              \
+    }
+
+#define PATH_KEY(sec, key, field)                                              \
+    if (!strcmp(section, sec) && !strcmp(name, key)) {                         \
+        if (strlen(value) >= sizeof c->field)                                  \
+            return fail(p, "%s: path too long%s", key, "");                    \
+        snprintf(c->field, sizeof c->field, "%s", value);                      \
+        return 1;                                                              \
+    }
+
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+    parse_ctx *p = user;
+    ctg_config *c = p->cfg;
+    long x;
+
+    if (!strncmp(section, "ae ", 3)) {
+        const char *ae = section + 3;
+        while (*ae == ' ') ae++;
+        if (!valid_ae(ae)) return fail(p, "section [ae %s]: not a valid AE title%s", ae, "");
+        ctg_ae_rule *r = (ctg_ae_rule *)ctg_ae_rule_find(c, ae);
+        if (!r) {
+            if (c->n_ae_rules >= CTG_MAX_LIST) return fail(p, "too many [ae] sections%s%s", "", "");
+            r = &c->ae_rules[c->n_ae_rules++];
+            snprintf(r->ae, sizeof r->ae, "%s", ae);
+            r->study_stable_seconds = -1;
+            r->max_associations = -1;
+        }
+        if (!strcmp(name, "study_stable_seconds")) {
+            if (parse_int(value, 0, 86400, &x) < 0)
+                return fail(p, "study_stable_seconds must be 0..86400, not '%s'%s", value, "");
+            r->study_stable_seconds = (int)x;
+            return 1;
+        }
+        if (!strcmp(name, "max_associations")) {
+            if (parse_int(value, 1, 1024, &x) < 0)
+                return fail(p, "max_associations must be 1..1024, not '%s'%s", value, "");
+            r->max_associations = (int)x;
+            return 1;
+        }
+        return fail(p, "unknown key '%s' in an [ae] section%s", name, "");
+    }
+
+    if (!strcmp(section, "dicom") && !strcmp(name, "ae_title")) {
+        if (!valid_ae(value)) return fail(p, "ae_title: '%s' is not a valid AE title%s", value, "");
+        snprintf(c->ae_title, sizeof c->ae_title, "%s", value);
+        return 1;
+    }
+    INT_KEY("dicom", "port", port, 0, 65535)
+    INT_KEY("dicom", "tls_port", tls_port, 0, 65535)
+    INT_KEY("dicom", "max_pdu", max_pdu, 4096, 131072)
+    INT_KEY("dicom", "acse_timeout", acse_timeout, 1, 3600)
+    INT_KEY("dicom", "dimse_timeout", dimse_timeout, 1, 3600)
+    INT_KEY("dicom", "idle_timeout", idle_timeout, 1, 86400)
+    INT_KEY("dicom", "max_associations", max_associations, 1, 1024)
+    INT_KEY("dicom", "max_associations_per_ae", max_associations_per_ae, 1, 1024)
+    if (!strcmp(section, "dicom") && !strcmp(name, "max_instance_mb")) {
+        if (parse_int(value, 1, 1 << 20, &x) < 0)
+            return fail(p, "max_instance_mb must be 1..1048576, not '%s'%s", value, "");
+        c->max_instance_bytes = (uint64_t)x << 20;
+        return 1;
+    }
+
+    PATH_KEY("tls", "certificate", tls_certificate)
+    PATH_KEY("tls", "private_key", tls_private_key)
+    PATH_KEY("tls", "ca_file", tls_ca_file)
+    if (!strcmp(section, "tls") && !strcmp(name, "verify_peer")) {
+        if (parse_bool(value, &c->tls_verify_peer) < 0)
+            return fail(p, "verify_peer must be yes or no, not '%s'%s", value, "");
+        return 1;
+    }
+    if (!strcmp(section, "tls") && !strcmp(name, "profile")) {
+        if (strcasecmp(value, "bcp195") && strcasecmp(value, "bcp195-nd") &&
+            strcasecmp(value, "bcp195-ex"))
+            return fail(p, "profile must be bcp195, bcp195-nd or bcp195-ex, not '%s'%s", value, "");
+        snprintf(c->tls_profile, sizeof c->tls_profile, "%s", value);
+        return 1;
+    }
+
+    if (!strcmp(section, "access") && !strcmp(name, "allow_hosts")) {
+        if (!p->seen_access_hosts) c->n_allow_hosts = 0; /* replaces the default */
+        p->seen_access_hosts = 1;
+        return each_item(value, add_host, p);
+    }
+    if (!strcmp(section, "access") && !strcmp(name, "allow_ae")) {
+        if (!p->seen_access_ae) {
+            c->any_ae = 0;
+            c->n_allow_ae = 0;
+        }
+        p->seen_access_ae = 1;
+        return each_item(value, add_ae, p);
+    }
+
+    PATH_KEY("store", "spool", spool)
+    PATH_KEY("store", "index", index)
+    if (!strcmp(section, "store") && !strcmp(name, "free_space_reserve_mb")) {
+        if (parse_int(value, 0, 1L << 40, &x) < 0)
+            return fail(p, "free_space_reserve_mb must be a size in MiB, not '%s'%s", value, "");
+        c->reserve_bytes = (uint64_t)x << 20;
+        return 1;
+    }
+
+    INT_KEY("queue", "study_stable_seconds", study_stable_seconds, 0, 86400)
+    INT_KEY("queue", "workers", workers, 0, 64)
+    INT_KEY("queue", "max_attempts", max_attempts, 1, 100)
+    if (!strcmp(section, "queue") && !strcmp(name, "lease_seconds")) {
+        if (parse_int(value, 1, 86400, &x) < 0)
+            return fail(p, "lease_seconds must be 1..86400, not '%s'%s", value, "");
+        c->lease_seconds = (double)x;
+        return 1;
+    }
+    if (!strcmp(section, "queue") && !strcmp(name, "retry_base_seconds")) {
+        if (parse_int(value, 0, 86400, &x) < 0)
+            return fail(p, "retry_base_seconds must be 0..86400, not '%s'%s", value, "");
+        c->retry_base_seconds = (double)x;
+        return 1;
+    }
+    if (!strcmp(section, "queue") && !strcmp(name, "retry_max_seconds")) {
+        if (parse_int(value, 0, 7 * 86400, &x) < 0)
+            return fail(p, "retry_max_seconds must be 0..604800, not '%s'%s", value, "");
+        c->retry_max_seconds = (double)x;
+        return 1;
+    }
+
+    if (!strcmp(section, "daemon") && !strcmp(name, "log_level")) {
+        int l = ctg_log_parse_level(value);
+        if (l < 0) return fail(p, "log_level must be error, warn, info or debug, not '%s'%s", value, "");
+        c->log_level = l;
+        return 1;
+    }
+    INT_KEY("daemon", "shutdown_grace_seconds", shutdown_grace_seconds, 0, 3600)
+
+    if (strcmp(section, "dicom") && strcmp(section, "tls") && strcmp(section, "access") &&
+        strcmp(section, "store") && strcmp(section, "queue") && strcmp(section, "daemon"))
+        return fail(p, "unknown section [%s]%s", section, "");
+    return fail(p, "unknown key '%s' in [%s]", name, section);
+}
+
+/* Checks that need the whole file. */
+static int check(ctg_config *c, char *err, size_t n)
+{
+    if (c->port == 0 && c->tls_port == 0) {
+        snprintf(err, n, "%s: neither [dicom] port nor tls_port is set", c->path);
+        return CTG_ECONFIG;
+    }
+    if (c->port && c->port == c->tls_port) {
+        snprintf(err, n, "%s: [dicom] port and tls_port are the same", c->path);
+        return CTG_ECONFIG;
+    }
+    if (c->tls_port && (!c->tls_certificate[0] || !c->tls_private_key[0])) {
+        snprintf(err, n, "%s: [dicom] tls_port needs [tls] certificate and private_key", c->path);
+        return CTG_ECONFIG;
+    }
+    if (c->tls_port && c->tls_verify_peer && !c->tls_ca_file[0]) {
+        snprintf(err, n, "%s: [tls] verify_peer = yes needs ca_file", c->path);
+        return CTG_ECONFIG;
+    }
+    if (c->max_associations_per_ae > c->max_associations)
+        c->max_associations_per_ae = c->max_associations;
+    if (!c->any_ae && c->n_allow_ae == 0) {
+        snprintf(err, n, "%s: [access] allow_ae is empty: no peer could connect", c->path);
+        return CTG_ECONFIG;
+    }
+    if (c->n_allow_hosts == 0) {
+        snprintf(err, n, "%s: [access] allow_hosts is empty: no peer could connect", c->path);
+        return CTG_ECONFIG;
+    }
+    return 0;
+}
+
+int ctg_config_load(const char *path, ctg_config *cfg, char *err, size_t n)
+{
+    parse_ctx p;
+    memset(&p, 0, sizeof p);
+    p.cfg = cfg;
+    snprintf(cfg->path, sizeof cfg->path, "%s", path);
+    int line = ini_parse(path, handler, &p);
+    if (line < 0) {
+        snprintf(err, n, "%s: cannot read: %s", path,
+                 line == -1 ? strerror(errno) : "out of memory");
+        return CTG_ECONFIG;
+    }
+    if (line > 0) {
+        snprintf(err, n, "%s:%d: %s", path, line, p.err[0] ? p.err : "syntax error");
+        return CTG_ECONFIG;
+    }
+    return check(cfg, err, n);
+}

@@ -1,0 +1,343 @@
+/*
+ * server.c - the ctglipd process: a libuv loop that owns the config, the
+ * study-completion timer, the lease-recovery timer, signals and shutdown,
+ * around the SCP (its own threads) and the worker pool (its own threads).
+ *
+ * Threading: everything in this file runs on the loop thread, except
+ * on_arrival(), which association threads call; it only does
+ * uv_async_send(), the one libuv call that is safe from other threads.
+ *
+ * Start-up order: store, lease recovery, workers, SCP, then READY=1.
+ * Shutdown (SIGTERM/SIGINT): stop accepting, wait up to
+ * shutdown_grace_seconds for associations, abort the rest, stop the workers,
+ * close every handle, uv_loop_close().
+ */
+#include "daemon.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "../cuda/cu.h"
+
+typedef struct server {
+    uv_loop_t loop;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_async_t arrival;
+    uv_timer_t complete_timer, recover_timer, drain_timer;
+    ctg_config *cfg;
+    st_store *st;
+    ctg_ingest *ing;
+    ctg_workers *workers;
+    dcm_scp *scp;
+    st_retry_policy pol;
+    int stopping;
+    double drain_deadline;
+} server;
+
+/* ---- study completion -------------------------------------------------------- */
+
+static void arm_completion(server *s);
+
+static void on_complete_timer(uv_timer_t *t)
+{
+    server *s = t->data;
+    int n = st_complete_due(s->st, ctg_now());
+    if (n < 0) log_error("server: completing studies failed: %s", ctg_strerror(n));
+    if (n > 0) ctg_workers_wake(s->workers);
+    arm_completion(s);
+}
+
+/* Points the one completion timer at the earliest persisted deadline. */
+static void arm_completion(server *s)
+{
+    if (s->stopping) return;
+    double deadline;
+    int r = st_next_deadline(s->st, &deadline);
+    if (r < 0) {
+        log_error("server: reading study deadlines failed; retrying in 5 s");
+        uv_timer_start(&s->complete_timer, on_complete_timer, 5000, 0);
+        return;
+    }
+    if (r == 0) {
+        uv_timer_stop(&s->complete_timer);
+        return;
+    }
+    double wait = deadline - ctg_now();
+    uint64_t ms = wait > 0 ? (uint64_t)(wait * 1000.0) + 5 : 0;
+    uv_timer_start(&s->complete_timer, on_complete_timer, ms, 0);
+}
+
+static void on_arrival_async(uv_async_t *a) { arm_completion(a->data); }
+
+static void on_arrival(void *ud)
+{
+    server *s = ud;
+    uv_async_send(&s->arrival);
+}
+
+/* ---- job leases ---------------------------------------------------------------- */
+
+static void on_recover_timer(uv_timer_t *t)
+{
+    server *s = t->data;
+    int n = st_jobs_recover(s->st, ctg_now(), &s->pol);
+    if (n > 0) ctg_workers_wake(s->workers);
+}
+
+typedef struct dead_ctx {
+    st_store *st;
+    char host[64];
+    int n;
+} dead_ctx;
+
+static int expire_if_dead(void *ud, int ncol, const char **names, const char **vals)
+{
+    dead_ctx *d = ud;
+    (void)names;
+    if (ncol < 2 || !vals[0] || !vals[1]) return 0;
+    /* Owners are "host/pid/wN". */
+    char host[64];
+    int pid = 0;
+    const char *slash = strchr(vals[1], '/');
+    if (!slash || (size_t)(slash - vals[1]) >= sizeof host) return 0;
+    memcpy(host, vals[1], (size_t)(slash - vals[1]));
+    host[slash - vals[1]] = 0;
+    pid = atoi(slash + 1);
+    if (strcmp(host, d->host) != 0 || pid <= 0) return 0;
+    if (pid != getpid() && (kill(pid, 0) == 0 || errno != ESRCH)) return 0;
+    if (st_job_expire(d->st, atoll(vals[0])) == 0) d->n++;
+    return 0;
+}
+
+/* Jobs that a previous ctglipd on this host held when it died go back to
+ * the queue now instead of after their lease. */
+static void recover_dead_workers(server *s)
+{
+    dead_ctx d = {.st = s->st, .n = 0};
+    gethostname(d.host, sizeof d.host - 1);
+    st_query(s->st, "SELECT id, lease_owner FROM jobs WHERE state=1", expire_if_dead, &d);
+    int n = st_jobs_recover(s->st, ctg_now(), &s->pol);
+    if (n > 0) log_info("server: %d job(s) of a previous run returned to the queue", n);
+}
+
+/* ---- reload ------------------------------------------------------------------------ */
+
+static void reload(server *s)
+{
+    ctg_config *fresh = malloc(sizeof *fresh);
+    char err[1024];
+    if (!fresh) return;
+    ctg_config_defaults(fresh);
+    if (ctg_config_load(s->cfg->path, fresh, err, sizeof err) < 0) {
+        log_error("reload: %s; keeping the running configuration", err);
+        free(fresh);
+        return;
+    }
+    ctg_config *c = s->cfg;
+    if (strcmp(fresh->ae_title, c->ae_title) || fresh->port != c->port ||
+        fresh->tls_port != c->tls_port || strcmp(fresh->spool, c->spool) ||
+        strcmp(fresh->index, c->index) || fresh->workers != c->workers ||
+        strcmp(fresh->tls_certificate, c->tls_certificate) ||
+        strcmp(fresh->tls_private_key, c->tls_private_key) ||
+        strcmp(fresh->tls_ca_file, c->tls_ca_file) ||
+        fresh->reserve_bytes != c->reserve_bytes ||
+        fresh->max_instance_bytes != c->max_instance_bytes)
+        log_warn("reload: listener, TLS, store, size or worker settings changed; "
+                 "they take effect at the next restart");
+    ctg_ingest_reconfigure(s->ing, fresh);
+    dcm_scp_set_timeouts(s->scp, fresh->acse_timeout, fresh->dimse_timeout,
+                         fresh->idle_timeout);
+    ctg_log_level = fresh->log_level;
+    /* Keep the unreloadable part of the running config. */
+    c->any_ae = fresh->any_ae;
+    memcpy(c->allow_ae, fresh->allow_ae, sizeof c->allow_ae);
+    c->n_allow_ae = fresh->n_allow_ae;
+    memcpy(c->allow_hosts, fresh->allow_hosts, sizeof c->allow_hosts);
+    c->n_allow_hosts = fresh->n_allow_hosts;
+    memcpy(c->ae_rules, fresh->ae_rules, sizeof c->ae_rules);
+    c->n_ae_rules = fresh->n_ae_rules;
+    c->acse_timeout = fresh->acse_timeout;
+    c->dimse_timeout = fresh->dimse_timeout;
+    c->idle_timeout = fresh->idle_timeout;
+    c->max_associations = fresh->max_associations;
+    c->max_associations_per_ae = fresh->max_associations_per_ae;
+    c->study_stable_seconds = fresh->study_stable_seconds;
+    c->log_level = fresh->log_level;
+    c->shutdown_grace_seconds = fresh->shutdown_grace_seconds;
+    free(fresh);
+    log_info("reload: configuration %s applied", c->path);
+}
+
+/* ---- shutdown --------------------------------------------------------------------- */
+
+static void close_cb(uv_handle_t *h) { (void)h; }
+
+static void finish(server *s)
+{
+    uv_timer_stop(&s->drain_timer);
+    ctg_workers_stop(s->workers);
+    s->workers = NULL;
+    uv_handle_t *hs[] = {
+        (uv_handle_t *)&s->sig_term,       (uv_handle_t *)&s->sig_int,
+        (uv_handle_t *)&s->sig_hup,        (uv_handle_t *)&s->arrival,
+        (uv_handle_t *)&s->complete_timer, (uv_handle_t *)&s->recover_timer,
+        (uv_handle_t *)&s->drain_timer,
+    };
+    for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
+        if (!uv_is_closing(hs[i])) uv_close(hs[i], close_cb);
+}
+
+static void on_drain_timer(uv_timer_t *t)
+{
+    server *s = t->data;
+    int active = dcm_scp_active(s->scp);
+    if (active == 0) {
+        finish(s);
+        return;
+    }
+    if (ctg_mono() >= s->drain_deadline) {
+        log_warn("server: %d association(s) still open after %d s; aborting them", active,
+                 s->cfg->shutdown_grace_seconds);
+        dcm_scp_abort_all(s->scp);
+        s->drain_deadline = 1e300;
+    }
+}
+
+static void begin_shutdown(server *s, const char *why)
+{
+    if (s->stopping) return;
+    s->stopping = 1;
+    log_info("server: %s: stopping (no new associations, draining %d)", why,
+             dcm_scp_active(s->scp));
+    ctg_notify("STOPPING=1");
+    uv_timer_stop(&s->complete_timer);
+    uv_timer_stop(&s->recover_timer);
+    dcm_scp_stop_accepting(s->scp);
+    s->drain_deadline = ctg_mono() + s->cfg->shutdown_grace_seconds;
+    uv_timer_start(&s->drain_timer, on_drain_timer, 0, 100);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    server *s = h->data;
+    if (signum == SIGHUP) {
+        log_info("server: SIGHUP: reloading %s", s->cfg->path);
+        reload(s);
+        return;
+    }
+    begin_shutdown(s, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* ---- main -------------------------------------------------------------------------- */
+
+int ctg_server_run(ctg_config *cfg)
+{
+    server srv, *s = &srv;
+    int r, status = 1;
+    memset(s, 0, sizeof *s);
+    s->cfg = cfg;
+    s->pol.max_attempts = cfg->max_attempts;
+    s->pol.base_seconds = cfg->retry_base_seconds;
+    s->pol.max_seconds = cfg->retry_max_seconds;
+    ctg_log_level = cfg->log_level;
+    signal(SIGPIPE, SIG_IGN);
+
+    st_config sc = {.spool_dir = cfg->spool, .db_path = cfg->index,
+                    .reserve_bytes = cfg->reserve_bytes, .owner = 1};
+    if ((r = st_open(&sc, &s->st)) < 0) {
+        log_error("server: cannot open the store (spool %s, index %s): %s", cfg->spool,
+                  cfg->index, ctg_strerror(r));
+        return 1;
+    }
+    recover_dead_workers(s);
+
+    int gpus = cu_device_count();
+    log_info("server: %d CUDA device(s)%s; %d CPU worker(s)", gpus,
+             cu_built_with_cuda() ? "" : " (built without CUDA)", cfg->workers);
+    if ((r = ctg_workers_start(cfg, s->st, &s->workers)) < 0) {
+        log_error("server: cannot start workers: %s", ctg_strerror(r));
+        goto fail_store;
+    }
+
+    uv_loop_init(&s->loop);
+    uv_signal_init(&s->loop, &s->sig_term);
+    uv_signal_init(&s->loop, &s->sig_int);
+    uv_signal_init(&s->loop, &s->sig_hup);
+    uv_async_init(&s->loop, &s->arrival, on_arrival_async);
+    uv_timer_init(&s->loop, &s->complete_timer);
+    uv_timer_init(&s->loop, &s->recover_timer);
+    uv_timer_init(&s->loop, &s->drain_timer);
+    s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
+    s->arrival.data = s->complete_timer.data = s->recover_timer.data = s;
+    s->drain_timer.data = s;
+    uv_signal_start(&s->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&s->sig_int, on_signal, SIGINT);
+    uv_signal_start(&s->sig_hup, on_signal, SIGHUP);
+
+    if ((r = ctg_ingest_new(cfg, s->st, on_arrival, s, &s->ing)) < 0) goto fail_loop;
+    dcm_scp_hooks hooks;
+    ctg_ingest_hooks(s->ing, &hooks);
+    dcm_scp_config dc = {
+        .ae_title = cfg->ae_title,
+        .port = cfg->port,
+        .tls_port = cfg->tls_port,
+        .tls = {.certificate = cfg->tls_certificate,
+                .private_key = cfg->tls_private_key,
+                .ca_file = cfg->tls_ca_file,
+                .verify_peer = cfg->tls_verify_peer,
+                .profile = cfg->tls_profile},
+        .max_pdu = cfg->max_pdu,
+        .acse_timeout = cfg->acse_timeout,
+        .dimse_timeout = cfg->dimse_timeout,
+        .idle_timeout = cfg->idle_timeout,
+        .max_instance_bytes = cfg->max_instance_bytes,
+    };
+    if ((r = dcm_scp_start(&dc, &hooks, &s->scp)) < 0) goto fail_loop;
+
+    /* Studies that were pending when we last stopped keep their deadlines. */
+    arm_completion(s);
+    double every = cfg->lease_seconds / 4;
+    if (every < 1) every = 1;
+    if (every > 30) every = 30;
+    uv_timer_start(&s->recover_timer, on_recover_timer, (uint64_t)(every * 1000),
+                   (uint64_t)(every * 1000));
+
+    if (cfg->port) log_info("server: AE %s listening on port %d", cfg->ae_title, cfg->port);
+    if (cfg->tls_port)
+        log_info("server: AE %s listening on port %d (TLS)", cfg->ae_title, cfg->tls_port);
+    log_info("server: spool %s, index %s", cfg->spool, cfg->index);
+    ctg_notify("READY=1\nSTATUS=accepting associations");
+
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+
+    dcm_scp_free(s->scp);
+    s->scp = NULL;
+    r = uv_loop_close(&s->loop);
+    if (r != 0) {
+        log_error("server: uv_loop_close: %s", uv_strerror(r));
+    } else {
+        status = 0;
+    }
+    ctg_ingest_free(s->ing);
+    st_close(s->st);
+    log_info("server: stopped");
+    return status;
+
+fail_loop:
+    log_error("server: start-up failed");
+    s->stopping = 1;
+    finish(s);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&s->loop);
+    ctg_ingest_free(s->ing);
+    st_close(s->st);
+    return 1;
+fail_store:
+    st_close(s->st);
+    return 1;
+}

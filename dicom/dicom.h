@@ -1,0 +1,154 @@
+/*
+ * dicom.h - ctglip's DICOM layer: DCMTK behind a pure C interface.
+ *
+ * SCP: C-ECHO and C-STORE over plain TCP and/or TLS, one thread per
+ * association.  Policy (who may connect, where files go) stays with the
+ * caller through dcm_scp_hooks; this layer speaks the protocol, streams each
+ * data set byte for byte into a file descriptor the caller provides, hashes
+ * it, parses its header and sends the status the caller decides.
+ *
+ * SCU: C-ECHO and sending files unchanged (the data set bytes of the file go
+ * on the wire as they are, which is what a forwarder and the fault tests
+ * need).
+ *
+ * Threading: hooks are called from association threads, concurrently.  No
+ * C++ type or exception crosses this header.
+ */
+#ifndef CTGLIP_DICOM_H
+#define CTGLIP_DICOM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../core/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* DIMSE status codes used by the SCP. */
+enum {
+    DCM_STATUS_SUCCESS = 0x0000,
+    DCM_STATUS_WARN_COERCION = 0xB000,
+    DCM_STATUS_OUT_OF_RESOURCES = 0xA700,
+    DCM_STATUS_DATASET_MISMATCH = 0xA900,
+    DCM_STATUS_CANNOT_UNDERSTAND = 0xC000,
+    DCM_STATUS_PROCESSING_FAILURE = 0x0110,
+    DCM_STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122,
+};
+
+typedef struct dcm_tls_config {
+    const char *certificate; /* PEM */
+    const char *private_key; /* PEM, unencrypted */
+    const char *ca_file;     /* PEM bundle of trusted CAs; may be NULL */
+    int verify_peer;         /* 1: the peer must present a trusted cert */
+    const char *profile;     /* "bcp195" (default), "bcp195-nd", "bcp195-ex" */
+} dcm_tls_config;
+
+typedef struct dcm_assoc_info {
+    unsigned id;          /* per-process association number, for logs */
+    char calling_ae[17];
+    char called_ae[17];
+    char peer[64];        /* numeric peer address */
+    int tls;              /* arrived on the TLS listener */
+} dcm_assoc_info;
+
+/* What admit() may answer. */
+enum {
+    DCM_ADMIT = 0,
+    DCM_REJECT_CALLED_AE,  /* permanent, called AE title not recognised */
+    DCM_REJECT_CALLING_AE, /* permanent, calling AE title not recognised */
+    DCM_REJECT_NO_REASON,  /* permanent, e.g. address not allowed */
+    DCM_REJECT_BUSY,       /* transient, local limit exceeded */
+};
+
+typedef struct dcm_scp_hooks {
+    void *ud;
+    /* Admission of a new association.  Return DCM_ADMIT or a DCM_REJECT_*
+     * code; why (n bytes) receives the reason for the log. */
+    int (*admit)(void *ud, const dcm_assoc_info *a, char *why, size_t n);
+    /* Called once for every admitted association when it ends. */
+    void (*closed)(void *ud, const dcm_assoc_info *a);
+    /* A C-STORE request arrived (before its data set).  Return 0 with *fd
+     * and path (PATH_MAX bytes) set to an empty file the data set should go
+     * to, or a DIMSE failure status (the data set is then read and thrown
+     * away).  why receives a short reason for the peer and the log. */
+    unsigned (*store_begin)(void *ud, const dcm_assoc_info *a,
+                            const char *sop_class, const char *sop_uid,
+                            char *path, int *fd, char *why, size_t n);
+    /* The data set is in the file (meta header + data set, bytes as
+     * received) and its header parsed.  The hook owns path and fd from here
+     * on and returns the DIMSE status to send. */
+    unsigned (*store_end)(void *ud, const dcm_assoc_info *a,
+                          const ctg_instance *inst, const char *path, int fd,
+                          const uint8_t sha256[32], uint64_t size, char *why,
+                          size_t n);
+    /* The receive failed after store_begin: the hook removes path, closes
+     * fd.  The SCP answers with failure (or aborts a broken association). */
+    void (*store_abort)(void *ud, const char *path, int fd);
+} dcm_scp_hooks;
+
+typedef struct dcm_scp_config {
+    const char *ae_title;   /* our AE title */
+    int port;               /* plain listener; 0 = none */
+    int tls_port;           /* TLS listener; 0 = none */
+    dcm_tls_config tls;
+    int max_pdu;            /* receive PDU size */
+    int acse_timeout;       /* seconds for association set-up */
+    int dimse_timeout;      /* seconds between PDUs inside a message */
+    int idle_timeout;       /* seconds without a command before abort */
+    uint64_t max_instance_bytes; /* larger data sets are refused (0xA700) */
+} dcm_scp_config;
+
+typedef struct dcm_scp dcm_scp;
+
+/* One-time process set-up of DCMTK (codecs, no reverse DNS, quiet
+ * logging); safe to call more than once. */
+void dcm_global_init(void);
+
+/* Opens the listeners and starts accepting.  The hooks struct is copied.
+ * Returns 0 or an error (port in use, TLS files unreadable: logged). */
+int dcm_scp_start(const dcm_scp_config *cfg, const dcm_scp_hooks *hooks,
+                  dcm_scp **out);
+/* New timeouts apply to associations that start afterwards, and to the idle
+ * and DIMSE timeouts of running ones. */
+void dcm_scp_set_timeouts(dcm_scp *scp, int acse, int dimse, int idle);
+/* Stops accepting; running associations go on. */
+void dcm_scp_stop_accepting(dcm_scp *scp);
+/* Number of associations in progress. */
+int dcm_scp_active(dcm_scp *scp);
+/* Asks running associations to abort at their next message boundary. */
+void dcm_scp_abort_all(dcm_scp *scp);
+/* Waits for the listener threads, then frees.  Call after active() is 0. */
+void dcm_scp_free(dcm_scp *scp);
+
+/* Reads the header of a DICOM file (Part 10, pixel data not loaded) into
+ * *out.  Returns 0, or CTG_EDICOM with a reason in why. */
+int dcm_read_instance(const char *path, ctg_instance *out, char *why,
+                      size_t n);
+
+/* ---- SCU ------------------------------------------------------------------ */
+
+typedef struct dcm_peer {
+    const char *host;
+    int port;
+    const char *called_ae;
+    const char *calling_ae;
+    const dcm_tls_config *tls; /* NULL: plain TCP */
+    int timeout;               /* seconds for connect, ACSE and DIMSE */
+} dcm_peer;
+
+/* C-ECHO.  Returns 0 on success or CTG_EDICOM with the reason in why. */
+int dcm_echo(const dcm_peer *peer, char *why, size_t n);
+
+/* Sends files over one association, each data set as stored in the file.
+ * status[i] receives the DIMSE status, or -1 when the file could not be sent
+ * (not readable, no accepted presentation context).  Returns 0 when the
+ * association worked (individual statuses may still be failures). */
+int dcm_send_files(const dcm_peer *peer, const char *const *files, int nfiles,
+                   int *status, char *why, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,401 @@
+/*
+ * ingest.c - the spool: UID checks, temp files, the free-space guard, and
+ * making a received instance durable and indexed.
+ *
+ * Order of a successful ingest (each step only after the previous one is on
+ * disk): fsync the temp file; under the lock decide new/duplicate/version;
+ * rename into <spool>/<study>/<series>/; fsync that directory; commit the
+ * index row with synchronous=FULL.  A crash before the commit leaves at most
+ * an unindexed file that was never acknowledged; the peer re-sends it.
+ *
+ * Threading: any thread; the index part runs under the handle's lock, the
+ * fsync of the file data does not, so parallel associations overlap it.
+ */
+#include "store_int.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+int st_uid_valid(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > 64) return 0;
+    if (s[0] == '.' || s[n - 1] == '.') return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '.') {
+            if (s[i + 1] == '.') return 0;
+        } else if (s[i] < '0' || s[i] > '9') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int st_free_bytes(st_store *st, uint64_t *avail)
+{
+    struct statvfs v;
+    if (statvfs(st->spool, &v) != 0) return ctg_errno(errno);
+    *avail = (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
+    return 0;
+}
+
+int st_space_ok(st_store *st, uint64_t need)
+{
+    uint64_t avail;
+    if (st_free_bytes(st, &avail) < 0) return 0;
+    return avail >= need && avail - need >= st->reserve;
+}
+
+int st_tmp_create(st_store *st, char *path, int *fd)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        unsigned seq = __atomic_add_fetch(&st->tmp_seq, 1, __ATOMIC_RELAXED);
+        snprintf(path, PATH_MAX, "%s/rx-%d-%u.part", st->tmpdir, (int)getpid(),
+                 seq);
+        int f = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+        if (f >= 0) {
+            *fd = f;
+            return 0;
+        }
+        if (errno != EEXIST) {
+            int r = ctg_errno(errno);
+            log_syserr(r, "open", "%s", path);
+            return r;
+        }
+    }
+    return CTG_EEXIST;
+}
+
+void st_discard(const char *tmp_path, int fd)
+{
+    if (fd >= 0) close(fd);
+    if (tmp_path && tmp_path[0]) unlink(tmp_path);
+}
+
+static void hex(const uint8_t *b, int n, char *out)
+{
+    static const char d[] = "0123456789abcdef";
+    for (int i = 0; i < n; i++) {
+        out[2 * i] = d[b[i] >> 4];
+        out[2 * i + 1] = d[b[i] & 15];
+    }
+    out[2 * n] = 0;
+}
+
+static void fmt_doubles(const double *v, int n, char *out, size_t cap)
+{
+    size_t o = 0;
+    out[0] = 0;
+    for (int i = 0; i < n && o < cap; i++)
+        o += (size_t)snprintf(out + o, cap - o, "%s%.10g", i ? "\\" : "", v[i]);
+}
+
+static void bind_text(sqlite3_stmt *s, int i, const char *v)
+{
+    sqlite3_bind_text(s, i, v ? v : "", -1, SQLITE_TRANSIENT);
+}
+
+/* Returns 1 and *id for an existing row, 0 when none, <0 on error. */
+static int lookup_id(st_store *st, const char *sql, const char *key, int64_t *id)
+{
+    sqlite3_stmt *s;
+    if (st__prepare(st, sql, &s) < 0) return CTG_EDB;
+    bind_text(s, 1, key);
+    int rc = sqlite3_step(s), r;
+    if (rc == SQLITE_ROW) {
+        *id = sqlite3_column_int64(s, 0);
+        r = 1;
+    } else {
+        r = rc == SQLITE_DONE ? 0 : st__dberr(st, "lookup");
+    }
+    sqlite3_finalize(s);
+    return r;
+}
+
+static int step_done(st_store *st, sqlite3_stmt *s, const char *what)
+{
+    int rc = sqlite3_step(s);
+    sqlite3_finalize(s);
+    return rc == SQLITE_DONE ? 0 : st__dberr(st, what);
+}
+
+static int upsert_patient(st_store *st, const ctg_instance *in, int64_t *id)
+{
+    sqlite3_stmt *s;
+    if (st__prepare(st,
+                    "INSERT INTO patients(patient_id, patient_name, birth_date, sex)"
+                    " VALUES(?1,?2,?3,?4) ON CONFLICT(patient_id, patient_name)"
+                    " DO UPDATE SET birth_date=excluded.birth_date, sex=excluded.sex"
+                    " RETURNING id",
+                    &s) < 0)
+        return CTG_EDB;
+    bind_text(s, 1, in->patient_id);
+    bind_text(s, 2, in->patient_name);
+    bind_text(s, 3, in->patient_birth_date);
+    bind_text(s, 4, in->patient_sex);
+    int r = CTG_EDB;
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        *id = sqlite3_column_int64(s, 0);
+        r = 0;
+    } else {
+        st__dberr(st, "patient");
+    }
+    sqlite3_finalize(s);
+    return r;
+}
+
+/* Creates the study or records a new arrival in it: the persisted
+ * last-arrival time and deadline move, and rx_gen marks new content. */
+static int touch_study(st_store *st, const st_ingest_req *q, int64_t patient,
+                       int64_t *id)
+{
+    sqlite3_stmt *s;
+    const ctg_instance *in = q->inst;
+    if (st__prepare(st,
+                    "INSERT INTO studies(study_uid, patient_ref, study_date, study_time,"
+                    " accession, description, calling_ae, first_received, last_received,"
+                    " stable_seconds, deadline, rx_gen, queued_gen)"
+                    " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?8,?9,?10,1,0)"
+                    " ON CONFLICT(study_uid) DO UPDATE SET"
+                    " last_received=excluded.last_received,"
+                    " stable_seconds=excluded.stable_seconds,"
+                    " deadline=max(deadline, excluded.deadline),"
+                    " calling_ae=excluded.calling_ae,"
+                    " rx_gen=rx_gen+1 RETURNING id",
+                    &s) < 0)
+        return CTG_EDB;
+    bind_text(s, 1, in->study_uid);
+    sqlite3_bind_int64(s, 2, patient);
+    bind_text(s, 3, in->study_date);
+    bind_text(s, 4, in->study_time);
+    bind_text(s, 5, in->accession);
+    bind_text(s, 6, in->study_desc);
+    bind_text(s, 7, q->calling_ae);
+    sqlite3_bind_double(s, 8, q->now);
+    sqlite3_bind_int(s, 9, q->stable_seconds);
+    sqlite3_bind_double(s, 10, q->now + q->stable_seconds);
+    int r = CTG_EDB;
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        *id = sqlite3_column_int64(s, 0);
+        r = 0;
+    } else {
+        st__dberr(st, "study");
+    }
+    sqlite3_finalize(s);
+    return r;
+}
+
+static int upsert_series(st_store *st, const ctg_instance *in, int64_t study,
+                         int64_t *id)
+{
+    *id = 0;
+    int r = lookup_id(st, "SELECT id FROM series WHERE series_uid=?1",
+                      in->series_uid, id);
+    if (r != 0) return r < 0 ? r : 0;
+    sqlite3_stmt *s;
+    if (st__prepare(st,
+                    "INSERT INTO series(series_uid, study_ref, modality, series_number,"
+                    " description, body_part, frame_of_ref_uid) VALUES(?1,?2,?3,?4,?5,?6,?7)",
+                    &s) < 0)
+        return CTG_EDB;
+    bind_text(s, 1, in->series_uid);
+    sqlite3_bind_int64(s, 2, study);
+    bind_text(s, 3, in->modality);
+    sqlite3_bind_int(s, 4, in->series_number);
+    bind_text(s, 5, in->series_desc);
+    bind_text(s, 6, in->body_part);
+    bind_text(s, 7, in->frame_of_ref_uid);
+    if (step_done(st, s, "series") < 0) return CTG_EDB;
+    *id = sqlite3_last_insert_rowid(st->db);
+    return 0;
+}
+
+static int insert_instance(st_store *st, const st_ingest_req *q, int64_t series,
+                           int version, const char *rel, const char *sha,
+                           int64_t *id)
+{
+    const ctg_instance *in = q->inst;
+    char ori[160], pos[96], px[64];
+    sqlite3_stmt *s;
+    if (st__prepare(st,
+                    "INSERT INTO instances(sop_uid, version, current, series_ref, sop_class,"
+                    " instance_number, image_type, orientation, position, pixel_spacing,"
+                    " slice_thickness, rows, cols, frames, transfer_syntax, path, size,"
+                    " sha256, received, calling_ae)"
+                    " VALUES(?1,?2,1,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)",
+                    &s) < 0)
+        return CTG_EDB;
+    bind_text(s, 1, in->sop_uid);
+    sqlite3_bind_int(s, 2, version);
+    sqlite3_bind_int64(s, 3, series);
+    bind_text(s, 4, in->sop_class);
+    sqlite3_bind_int(s, 5, in->instance_number);
+    bind_text(s, 6, in->image_type);
+    if (in->has_orientation) {
+        fmt_doubles(in->orientation, 6, ori, sizeof ori);
+        bind_text(s, 7, ori);
+    }
+    if (in->has_position) {
+        fmt_doubles(in->position, 3, pos, sizeof pos);
+        bind_text(s, 8, pos);
+    }
+    if (in->has_spacing) {
+        fmt_doubles(in->pixel_spacing, 2, px, sizeof px);
+        bind_text(s, 9, px);
+    }
+    if (in->slice_thickness > 0) sqlite3_bind_double(s, 10, in->slice_thickness);
+    sqlite3_bind_int(s, 11, in->rows);
+    sqlite3_bind_int(s, 12, in->cols);
+    sqlite3_bind_int(s, 13, in->frames);
+    bind_text(s, 14, in->transfer_syntax);
+    bind_text(s, 15, rel);
+    sqlite3_bind_int64(s, 16, (sqlite3_int64)q->size);
+    bind_text(s, 17, sha);
+    sqlite3_bind_double(s, 18, q->now);
+    bind_text(s, 19, q->calling_ae);
+    if (step_done(st, s, "instance") < 0) return CTG_EDB;
+    *id = sqlite3_last_insert_rowid(st->db);
+    if (version > 1) {
+        if (st__prepare(st,
+                        "UPDATE instances SET current=0 WHERE sop_uid=?1 AND version<?2",
+                        &s) < 0)
+            return CTG_EDB;
+        bind_text(s, 1, in->sop_uid);
+        sqlite3_bind_int(s, 2, version);
+        if (step_done(st, s, "supersede version") < 0) return CTG_EDB;
+    }
+    return 0;
+}
+
+/* Looks for earlier copies of the SOP instance.  Sets *dup_id when one has
+ * the same data set bytes, and *max_version to the highest version seen. */
+static int find_versions(st_store *st, const char *sop, const char *sha,
+                         int64_t *dup_id, int *max_version, char *dup_rel)
+{
+    sqlite3_stmt *s;
+    if (st__prepare(st,
+                    "SELECT id, version, sha256, path FROM instances WHERE sop_uid=?1",
+                    &s) < 0)
+        return CTG_EDB;
+    bind_text(s, 1, sop);
+    *dup_id = 0;
+    *max_version = 0;
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        int v = sqlite3_column_int(s, 1);
+        if (v > *max_version) *max_version = v;
+        const char *h = (const char *)sqlite3_column_text(s, 2);
+        if (h && strcmp(h, sha) == 0) {
+            *dup_id = sqlite3_column_int64(s, 0);
+            snprintf(dup_rel, 256, "%s", sqlite3_column_text(s, 3));
+        }
+    }
+    sqlite3_finalize(s);
+    return rc == SQLITE_DONE ? 0 : st__dberr(st, "versions");
+}
+
+int st_ingest(st_store *st, const st_ingest_req *q, st_ingest_result *res)
+{
+    const ctg_instance *in = q->inst;
+    char sha[65], rel[256], dir[PATH_MAX], dst[PATH_MAX];
+    int fd = q->fd, r, renamed = 0;
+    memset(res, 0, sizeof *res);
+
+    if (st->readonly) {
+        r = CTG_ESTATE;
+        goto fail_nolock;
+    }
+    if (!st_uid_valid(in->study_uid) || !st_uid_valid(in->series_uid) ||
+        !st_uid_valid(in->sop_uid)) {
+        r = CTG_EBADUID;
+        goto fail_nolock;
+    }
+    hex(q->sha256, 32, sha);
+
+    /* The data is made durable before the lock is taken, so parallel
+     * associations overlap their fsyncs. */
+    if (fsync(fd) != 0) {
+        r = ctg_errno(errno);
+        log_syserr(r, "fsync", "%s", q->tmp_path);
+        goto fail_nolock;
+    }
+    close(fd);
+    fd = -1;
+
+    pthread_mutex_lock(&st->lock);
+    if ((r = st__exec(st, "BEGIN IMMEDIATE")) < 0) goto fail;
+
+    int64_t dup_id;
+    int maxv;
+    if ((r = find_versions(st, in->sop_uid, sha, &dup_id, &maxv, rel)) < 0)
+        goto rollback;
+    if (dup_id) {
+        /* Identical bytes: acknowledge, keep the first copy only.  The study
+         * is not touched, so a re-send does not trigger reprocessing. */
+        st__exec(st, "ROLLBACK");
+        pthread_mutex_unlock(&st->lock);
+        unlink(q->tmp_path);
+        res->outcome = ST_DUPLICATE;
+        res->instance_id = dup_id;
+        res->version = 0;
+        snprintf(res->path, sizeof res->path, "%s/%s", st->spool, rel);
+        return 0;
+    }
+    int version = maxv + 1;
+    if (version == 1)
+        snprintf(rel, sizeof rel, "%s/%s/%s.dcm", in->study_uid, in->series_uid,
+                 in->sop_uid);
+    else
+        snprintf(rel, sizeof rel, "%s/%s/%s.v%d.dcm", in->study_uid,
+                 in->series_uid, in->sop_uid, version);
+    snprintf(dir, sizeof dir, "%s/%s/%s", st->spool, in->study_uid,
+             in->series_uid);
+    snprintf(dst, sizeof dst, "%s/%s", st->spool, rel);
+
+    if ((r = ctg_mkdirs(dir)) < 0) {
+        log_syserr(r, "mkdir", "%s", dir);
+        goto rollback;
+    }
+    if (rename(q->tmp_path, dst) != 0) {
+        r = ctg_errno(errno);
+        log_syserr(r, "rename", "%s -> %s", q->tmp_path, dst);
+        goto rollback;
+    }
+    renamed = 1;
+    if ((r = ctg_fsync_dir(dir)) < 0) {
+        log_syserr(r, "fsync", "%s", dir);
+        goto rollback;
+    }
+
+    int64_t pid, study, series, iid;
+    if ((r = upsert_patient(st, in, &pid)) < 0 ||
+        (r = touch_study(st, q, pid, &study)) < 0 ||
+        (r = upsert_series(st, in, study, &series)) < 0 ||
+        (r = insert_instance(st, q, series, version, rel, sha, &iid)) < 0)
+        goto rollback;
+    if ((r = st__exec(st, "COMMIT")) < 0) goto rollback;
+    pthread_mutex_unlock(&st->lock);
+
+    res->outcome = version == 1 ? ST_NEW : ST_NEW_VERSION;
+    res->version = version;
+    res->instance_id = iid;
+    snprintf(res->path, sizeof res->path, "%s", dst);
+    return 0;
+
+rollback:
+    st__exec(st, "ROLLBACK");
+fail:
+    pthread_mutex_unlock(&st->lock);
+    /* Nothing unacknowledged may stay behind, renamed or not. */
+    if (renamed) {
+        unlink(dst);
+        ctg_fsync_dir(dir);
+    }
+fail_nolock:
+    st_discard(renamed ? NULL : q->tmp_path, fd);
+    return r;
+}
