@@ -1,0 +1,41 @@
+/*
+ * tests.h - the unit-test interface of tests/runner.c.  Each test is a
+ * function returning 0; CHECK() prints the failing expression with its
+ * file and line and fails the test (each test runs in its own process, so
+ * an early return leaks nothing that matters).
+ */
+#ifndef CTGLIP_TESTS_H
+#define CTGLIP_TESTS_H
+
+#include <stdio.h>
+
+typedef struct test_case {
+    const char *name;
+    int (*fn)(void);
+} test_case;
+
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__,   \
+                    #cond);                                                    \
+            return 1;                                                          \
+        }                                                                      \
+    } while (0)
+
+#define CHECK_EQ_INT(a, b)                                                     \
+    do {                                                                       \
+        long long a_ = (long long)(a), b_ = (long long)(b);                    \
+        if (a_ != b_) {                                                        \
+            fprintf(stderr, "%s:%d: CHECK failed: %s == %s (%lld != %lld)\n",  \
+                    __FILE__, __LINE__, #a, #b, a_, b_);                       \
+            return 1;                                                          \
+        }                                                                      \
+    } while (0)
+
+/* NULL-terminated tables, one per test file. */
+extern const test_case store_tests[];
+extern const test_case queue_tests[];
+extern const test_case config_tests[];
+
+#endif
