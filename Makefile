@@ -54,7 +54,7 @@ DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
 
 BINS := $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/tests/runner
 
-.PHONY: all test run bench bench-ingest clean deps check-config
+.PHONY: all test run bench bench-ingest clean deps check-config install
 all: $(BINS)
 
 $(BUILD)/ctglipd: $(call obj,daemon/main.c) $(DAEMON_OBJ) $(LIB_OBJ)
@@ -102,3 +102,17 @@ clean:
 	rm -rf build build-san
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# Installs the binaries, the example config (kept if present), the systemd
+# unit and the `ctglip` system user.  PREFIX and DESTDIR as usual.
+PREFIX ?= /usr/local
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/ctglip $(DESTDIR)/lib/systemd/system \
+	    $(DESTDIR)$(PREFIX)/share/doc/ctglip
+	install -m 0755 $(BUILD)/ctglipd $(BUILD)/ctglip $(DESTDIR)$(PREFIX)/bin/
+	test -e $(DESTDIR)/etc/ctglip/ctglipd.conf || \
+	    install -m 0644 etc/ctglipd.conf $(DESTDIR)/etc/ctglip/ctglipd.conf
+	install -m 0644 systemd/ctglipd.service $(DESTDIR)/lib/systemd/system/
+	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/ctglip/
+	if [ -z "$(DESTDIR)" ] && ! getent passwd ctglip >/dev/null; then \
+	    useradd --system --home-dir /var/lib/ctglip --shell /usr/sbin/nologin ctglip; fi
