@@ -45,7 +45,8 @@ CORE_SRC   := core/util.c
 STORE_SRC  := store/db.c store/ingest.c store/queue.c
 DICOM_SRC  := dicom/scp.cc dicom/parse.cc dicom/scu.cc
 DAEMON_SRC := daemon/config.c daemon/ingest.c daemon/worker.c daemon/server.c
-TEST_SRC   := tests/runner.c tests/test_store.c tests/test_queue.c tests/test_config.c
+TEST_SRC   := tests/runner.c tests/test_store.c tests/test_queue.c tests/test_config.c \
+              tests/test_fuzz.c tests/fuzz/fuzz_instance.c
 
 obj = $(patsubst %.cc,$(BUILD)/%.o,$(patsubst %.c,$(BUILD)/%.o,$(1)))
 
@@ -54,7 +55,7 @@ DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
 
 BINS := $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/tests/runner
 
-.PHONY: all test run bench bench-ingest clean deps check-config install
+.PHONY: all test run bench bench-ingest clean deps check-config install fuzz
 all: $(BINS)
 
 $(BUILD)/ctglipd: $(call obj,daemon/main.c) $(DAEMON_OBJ) $(LIB_OBJ)
@@ -91,6 +92,15 @@ run: deps all
 
 check-config: all
 	$(BUILD)/ctglipd -t -c etc/ctglipd.conf
+
+# libFuzzer build of the fuzz targets (clang); run e.g.
+#   build/fuzz/fuzz_instance -max_total_time=60 build/fuzz/corpus
+fuzz: deps
+	@FUZZ_DEPS=1 sh scripts/deps.sh
+	@mkdir -p $(BUILD)/fuzz
+	clang++ -g -O1 -fsanitize=fuzzer,address -DCTG_LIBFUZZER -D_GNU_SOURCE -I. -x c \
+	    tests/fuzz/fuzz_instance.c cuda/nogpu.c -x none $(filter-out $(CUDA_OBJ),$(LIB_OBJ)) \
+	    -o $(BUILD)/fuzz/fuzz_instance $(LDLIBS_DCMTK) $(LDLIBS)
 
 bench: bench-ingest
 

@@ -105,6 +105,9 @@ typedef struct dcm_scp dcm_scp;
 /* One-time process set-up of DCMTK (codecs, no reverse DNS, quiet
  * logging); safe to call more than once. */
 void dcm_global_init(void);
+/* Silences DCMTK's own logger below fatal errors (fuzzing, tests that feed
+ * thousands of broken files); our own log lines carry the reasons. */
+void dcm_quiet(void);
 
 /* Opens the listeners and starts accepting.  The hooks struct is copied.
  * Returns 0 or an error (port in use, TLS files unreadable: logged). */

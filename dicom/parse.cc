@@ -35,6 +35,12 @@ void dcm__init_once(void)
     OFLog::configure(OFLogger::WARN_LOG_LEVEL);
 }
 
+void dcm_quiet(void)
+{
+    dcm_global_init();
+    OFLog::configure(OFLogger::FATAL_LOG_LEVEL);
+}
+
 static void get_str(DcmItem *ds, const DcmTagKey &tag, char *dst, size_t n)
 {
     OFString v;

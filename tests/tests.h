@@ -37,5 +37,6 @@ typedef struct test_case {
 extern const test_case store_tests[];
 extern const test_case queue_tests[];
 extern const test_case config_tests[];
+extern const test_case fuzz_tests[];
 
 #endif
