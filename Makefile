@@ -29,7 +29,7 @@ CFLAGS   += -std=gnu11 $(OPT) -g $(WARN) -Wstrict-prototypes -pthread
 CXXFLAGS += -std=c++17 $(OPT) -g $(WARN) -pthread
 LDLIBS_DCMTK := -ldcmtls -ldcmnet -ldcmjpls -ldcmtkcharls -ldcmjpeg -lijg8 -lijg12 -lijg16 \
                 -ldcmimgle -ldcmdata -loflog -lofstd -lssl -lcrypto
-LDLIBS   := -luv -lsqlite3 -linih -lsystemd -lssl -lcrypto -lpthread -lm
+LDLIBS   := -luv -lsqlite3 -linih -lcjson -lsystemd -lssl -lcrypto -lpthread -lm
 LDFLAGS  += -pthread $(SANLD)
 
 ifneq ($(NVCC),)
@@ -44,7 +44,7 @@ endif
 CORE_SRC   := core/util.c
 STORE_SRC  := store/db.c store/ingest.c store/queue.c
 DICOM_SRC  := dicom/scp.cc dicom/parse.cc dicom/scu.cc
-DAEMON_SRC := daemon/config.c daemon/ingest.c daemon/worker.c daemon/server.c
+DAEMON_SRC := daemon/config.c daemon/ingest.c daemon/worker.c daemon/server.c daemon/http.c
 TEST_SRC   := tests/runner.c tests/test_store.c tests/test_queue.c tests/test_config.c \
               tests/test_fuzz.c tests/fuzz/fuzz_instance.c
 

@@ -43,6 +43,8 @@ void ctg_config_defaults(ctg_config *c)
     c->max_attempts = 3;
     c->retry_base_seconds = 30;
     c->retry_max_seconds = 3600;
+    snprintf(c->http_bind, sizeof c->http_bind, "127.0.0.1");
+    c->http_port = 0;
     c->log_level = CTG_LOG_INFO;
     c->shutdown_grace_seconds = 30;
 }
@@ -341,6 +343,14 @@ static int handler(void *user, const char *section, const char *name, const char
         return 1;
     }
 
+    INT_KEY("http", "port", http_port, 0, 65535)
+    if (!strcmp(section, "http") && !strcmp(name, "bind")) {
+        ctg_cidr tmp;
+        if (ctg_cidr_parse(value, &tmp) < 0 || strchr(value, '/') || strlen(value) >= 64)
+            return fail(p, "bind must be an IP address, not '%s'%s", value, "");
+        snprintf(c->http_bind, sizeof c->http_bind, "%s", value);
+        return 1;
+    }
     if (!strcmp(section, "daemon") && !strcmp(name, "log_level")) {
         int l = ctg_log_parse_level(value);
         if (l < 0) return fail(p, "log_level must be error, warn, info or debug, not '%s'%s", value, "");
@@ -350,7 +360,8 @@ static int handler(void *user, const char *section, const char *name, const char
     INT_KEY("daemon", "shutdown_grace_seconds", shutdown_grace_seconds, 0, 3600)
 
     if (strcmp(section, "dicom") && strcmp(section, "tls") && strcmp(section, "access") &&
-        strcmp(section, "store") && strcmp(section, "queue") && strcmp(section, "daemon"))
+        strcmp(section, "store") && strcmp(section, "queue") && strcmp(section, "daemon") &&
+        strcmp(section, "http"))
         return fail(p, "unknown section [%s]%s", section, "");
     return fail(p, "unknown key '%s' in [%s]", name, section);
 }
@@ -372,6 +383,10 @@ static int check(ctg_config *c, char *err, size_t n)
     }
     if (c->tls_port && c->tls_verify_peer && !c->tls_ca_file[0]) {
         snprintf(err, n, "%s: [tls] verify_peer = yes needs ca_file", c->path);
+        return CTG_ECONFIG;
+    }
+    if (c->http_port && (c->http_port == c->port || c->http_port == c->tls_port)) {
+        snprintf(err, n, "%s: [http] port clashes with a DICOM port", c->path);
         return CTG_ECONFIG;
     }
     if (c->max_associations_per_ae > c->max_associations)

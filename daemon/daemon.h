@@ -67,6 +67,9 @@ typedef struct ctg_config {
     double lease_seconds;
     int max_attempts;
     double retry_base_seconds, retry_max_seconds;
+    /* [http] */
+    char http_bind[64];
+    int http_port;
     /* [daemon] */
     int log_level;
     int shutdown_grace_seconds;
@@ -113,6 +116,16 @@ void ctg_workers_stop(ctg_workers *w);
 /* Processes one claimed job (the pipeline entry point). Returns 0, or a
  * negative error with a reason in why. */
 int ctg_job_process(st_store *st, const st_job *job, char *why, size_t n);
+
+/* ---- HTTP status (http.c) ------------------------------------------------ */
+
+typedef struct ctg_http ctg_http;
+struct uv_loop_s;
+/* Serves GET /status and /health on the loop.  active() reports the
+ * associations in progress.  On success *out is closed by ctg_http_close(). */
+int ctg_http_start(struct uv_loop_s *loop, const char *bind_addr, int port, st_store *st,
+                   int (*active)(void *), void *ud, ctg_http **out);
+void ctg_http_close(ctg_http *h);
 
 /* ---- the server (server.c) ---------------------------------------------- */
 

@@ -34,6 +34,7 @@ typedef struct server {
     ctg_ingest *ing;
     ctg_workers *workers;
     dcm_scp *scp;
+    ctg_http *http;
     st_retry_policy pol;
     int stopping;
     double drain_deadline;
@@ -146,7 +147,8 @@ static void reload(server *s)
         strcmp(fresh->tls_private_key, c->tls_private_key) ||
         strcmp(fresh->tls_ca_file, c->tls_ca_file) ||
         fresh->reserve_bytes != c->reserve_bytes ||
-        fresh->max_instance_bytes != c->max_instance_bytes)
+        fresh->max_instance_bytes != c->max_instance_bytes ||
+        fresh->http_port != c->http_port || strcmp(fresh->http_bind, c->http_bind))
         log_warn("reload: listener, TLS, store, size or worker settings changed; "
                  "they take effect at the next restart");
     ctg_ingest_reconfigure(s->ing, fresh);
@@ -180,6 +182,8 @@ static void close_cb(uv_handle_t *h) { (void)h; }
 static void finish(server *s)
 {
     uv_timer_stop(&s->drain_timer);
+    ctg_http_close(s->http);
+    s->http = NULL;
     ctg_workers_stop(s->workers);
     s->workers = NULL;
     uv_handle_t *hs[] = {
@@ -234,6 +238,12 @@ static void on_signal(uv_signal_t *h, int signum)
 }
 
 /* ---- main -------------------------------------------------------------------------- */
+
+static int scp_active(void *ud)
+{
+    server *s = ud;
+    return dcm_scp_active(s->scp);
+}
 
 int ctg_server_run(ctg_config *cfg)
 {
@@ -299,6 +309,11 @@ int ctg_server_run(ctg_config *cfg)
     };
     if ((r = dcm_scp_start(&dc, &hooks, &s->scp)) < 0) goto fail_loop;
 
+    if (cfg->http_port &&
+        ctg_http_start(&s->loop, cfg->http_bind, cfg->http_port, s->st, scp_active, s,
+                       &s->http) < 0)
+        goto fail_loop;
+
     /* Studies that were pending when we last stopped keep their deadlines. */
     arm_completion(s);
     double every = cfg->lease_seconds / 4;
@@ -334,6 +349,7 @@ fail_loop:
     finish(s);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     uv_loop_close(&s->loop);
+    dcm_scp_free(s->scp);
     ctg_ingest_free(s->ing);
     st_close(s->st);
     return 1;

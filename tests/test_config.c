@@ -70,6 +70,7 @@ static int test_values(void)
                       "allow_ae = PACS1, PACS2\n"
                       "[queue]\nstudy_stable_seconds = 45\nworkers = 2\n"
                       "[daemon]\nlog_level = debug\n"
+                      "[http]\nport = 8081\nbind = ::1\n"
                       "[ae SCANNER1]\nstudy_stable_seconds = 120\nmax_associations = 2\n",
                       &c, err, sizeof err);
     if (r) fprintf(stderr, "%s\n", err);
@@ -89,6 +90,8 @@ static int test_values(void)
     CHECK(!strcmp(c.allow_ae[1], "PACS2"));
     CHECK_EQ_INT(c.study_stable_seconds, 45);
     CHECK_EQ_INT(c.log_level, CTG_LOG_DEBUG);
+    CHECK_EQ_INT(c.http_port, 8081);
+    CHECK(!strcmp(c.http_bind, "::1"));
     const ctg_ae_rule *rule = ctg_ae_rule_find(&c, "SCANNER1");
     CHECK(rule != NULL);
     CHECK_EQ_INT(rule->study_stable_seconds, 120);
@@ -117,6 +120,8 @@ static int test_errors(void)
         {"[dicom]\nport = 5\nthis line is not ini\n", "t.conf:3:"},
         {"[dicom]\ntls_port = 2762\n", "tls_port needs [tls] certificate"},
         {"[dicom]\nport = 0\n", "neither [dicom] port nor tls_port"},
+        {"[http]\nbind = localhost\n", "t.conf:2: bind must be an IP address"},
+        {"[dicom]\nport = 4000\n[http]\nport = 4000\n", "[http] port clashes"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         ctg_config c;
