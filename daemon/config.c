@@ -127,6 +127,35 @@ const ctg_ae_rule *ctg_ae_rule_find(const ctg_config *cfg, const char *ae)
     return NULL;
 }
 
+int ctg_config_apply_reloadable(ctg_config *dst, const ctg_config *src)
+{
+    int restart = strcmp(src->ae_title, dst->ae_title) || src->port != dst->port ||
+                  src->tls_port != dst->tls_port || strcmp(src->spool, dst->spool) ||
+                  strcmp(src->index, dst->index) || src->workers != dst->workers ||
+                  strcmp(src->tls_certificate, dst->tls_certificate) ||
+                  strcmp(src->tls_private_key, dst->tls_private_key) ||
+                  strcmp(src->tls_ca_file, dst->tls_ca_file) ||
+                  src->reserve_bytes != dst->reserve_bytes ||
+                  src->max_instance_bytes != dst->max_instance_bytes ||
+                  src->http_port != dst->http_port || strcmp(src->http_bind, dst->http_bind);
+    dst->any_ae = src->any_ae;
+    memcpy(dst->allow_ae, src->allow_ae, sizeof dst->allow_ae);
+    dst->n_allow_ae = src->n_allow_ae;
+    memcpy(dst->allow_hosts, src->allow_hosts, sizeof dst->allow_hosts);
+    dst->n_allow_hosts = src->n_allow_hosts;
+    memcpy(dst->ae_rules, src->ae_rules, sizeof dst->ae_rules);
+    dst->n_ae_rules = src->n_ae_rules;
+    dst->acse_timeout = src->acse_timeout;
+    dst->dimse_timeout = src->dimse_timeout;
+    dst->idle_timeout = src->idle_timeout;
+    dst->max_associations = src->max_associations;
+    dst->max_associations_per_ae = src->max_associations_per_ae;
+    dst->study_stable_seconds = src->study_stable_seconds;
+    dst->log_level = src->log_level;
+    dst->shutdown_grace_seconds = src->shutdown_grace_seconds;
+    return restart;
+}
+
 /* ---- parsing ------------------------------------------------------------- */
 
 typedef struct parse_ctx {

@@ -83,6 +83,10 @@ void ctg_config_defaults(ctg_config *cfg);
 /* Parses an INI file over the defaults.  On error returns CTG_ECONFIG and
  * writes "FILE:LINE: reason" into err. */
 int ctg_config_load(const char *path, ctg_config *cfg, char *err, size_t n);
+/* Copies the settings that SIGHUP may change (allowlists, limits, timeouts,
+ * AE rules, stable time, log level) from src to dst; returns 1 when src
+ * differs from dst in a setting that needs a restart. */
+int ctg_config_apply_reloadable(ctg_config *dst, const ctg_config *src);
 /* Parses "a.b.c.d[/n]" or an IPv6 address with optional prefix. */
 int ctg_cidr_parse(const char *s, ctg_cidr *out);
 /* 1 when the textual address matches one of the entries. */

@@ -56,17 +56,7 @@ void ctg_ingest_free(ctg_ingest *ing)
 void ctg_ingest_reconfigure(ctg_ingest *ing, const ctg_config *cfg)
 {
     pthread_rwlock_wrlock(&ing->lock);
-    ctg_config *c = &ing->cfg;
-    c->any_ae = cfg->any_ae;
-    memcpy(c->allow_ae, cfg->allow_ae, sizeof c->allow_ae);
-    c->n_allow_ae = cfg->n_allow_ae;
-    memcpy(c->allow_hosts, cfg->allow_hosts, sizeof c->allow_hosts);
-    c->n_allow_hosts = cfg->n_allow_hosts;
-    memcpy(c->ae_rules, cfg->ae_rules, sizeof c->ae_rules);
-    c->n_ae_rules = cfg->n_ae_rules;
-    c->max_associations = cfg->max_associations;
-    c->max_associations_per_ae = cfg->max_associations_per_ae;
-    c->study_stable_seconds = cfg->study_stable_seconds;
+    ctg_config_apply_reloadable(&ing->cfg, cfg);
     pthread_rwlock_unlock(&ing->lock);
 }
 

@@ -140,37 +140,12 @@ static void reload(server *s)
         return;
     }
     ctg_config *c = s->cfg;
-    if (strcmp(fresh->ae_title, c->ae_title) || fresh->port != c->port ||
-        fresh->tls_port != c->tls_port || strcmp(fresh->spool, c->spool) ||
-        strcmp(fresh->index, c->index) || fresh->workers != c->workers ||
-        strcmp(fresh->tls_certificate, c->tls_certificate) ||
-        strcmp(fresh->tls_private_key, c->tls_private_key) ||
-        strcmp(fresh->tls_ca_file, c->tls_ca_file) ||
-        fresh->reserve_bytes != c->reserve_bytes ||
-        fresh->max_instance_bytes != c->max_instance_bytes ||
-        fresh->http_port != c->http_port || strcmp(fresh->http_bind, c->http_bind))
-        log_warn("reload: listener, TLS, store, size or worker settings changed; "
+    if (ctg_config_apply_reloadable(c, fresh))
+        log_warn("reload: listener, TLS, HTTP, store, size or worker settings changed; "
                  "they take effect at the next restart");
-    ctg_ingest_reconfigure(s->ing, fresh);
-    dcm_scp_set_timeouts(s->scp, fresh->acse_timeout, fresh->dimse_timeout,
-                         fresh->idle_timeout);
-    ctg_log_level = fresh->log_level;
-    /* Keep the unreloadable part of the running config. */
-    c->any_ae = fresh->any_ae;
-    memcpy(c->allow_ae, fresh->allow_ae, sizeof c->allow_ae);
-    c->n_allow_ae = fresh->n_allow_ae;
-    memcpy(c->allow_hosts, fresh->allow_hosts, sizeof c->allow_hosts);
-    c->n_allow_hosts = fresh->n_allow_hosts;
-    memcpy(c->ae_rules, fresh->ae_rules, sizeof c->ae_rules);
-    c->n_ae_rules = fresh->n_ae_rules;
-    c->acse_timeout = fresh->acse_timeout;
-    c->dimse_timeout = fresh->dimse_timeout;
-    c->idle_timeout = fresh->idle_timeout;
-    c->max_associations = fresh->max_associations;
-    c->max_associations_per_ae = fresh->max_associations_per_ae;
-    c->study_stable_seconds = fresh->study_stable_seconds;
-    c->log_level = fresh->log_level;
-    c->shutdown_grace_seconds = fresh->shutdown_grace_seconds;
+    ctg_ingest_reconfigure(s->ing, c);
+    dcm_scp_set_timeouts(s->scp, c->acse_timeout, c->dimse_timeout, c->idle_timeout);
+    ctg_log_level = c->log_level;
     free(fresh);
     log_info("reload: configuration %s applied", c->path);
 }

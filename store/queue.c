@@ -27,24 +27,29 @@ const char *st_job_state_name(int state)
     return state >= 0 && state < 5 ? names[state] : "?";
 }
 
-int st_next_deadline(st_store *st, double *deadline)
+/* Runs a one-value query; returns 1 and *out when the value is not NULL,
+ * 0 when it is, or an error. */
+static int min_value(st_store *st, const char *sql, double *out)
 {
     sqlite3_stmt *s;
     int r;
     pthread_mutex_lock(&st->lock);
-    if ((r = st__prepare(st,
-                         "SELECT min(deadline) FROM studies WHERE rx_gen > queued_gen",
-                         &s)) < 0)
-        goto out;
+    if ((r = st__prepare(st, sql, &s)) < 0) goto out;
     r = 0;
     if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) {
-        *deadline = sqlite3_column_double(s, 0);
+        *out = sqlite3_column_double(s, 0);
         r = 1;
     }
     sqlite3_finalize(s);
 out:
     pthread_mutex_unlock(&st->lock);
     return r;
+}
+
+int st_next_deadline(st_store *st, double *deadline)
+{
+    return min_value(st, "SELECT min(deadline) FROM studies WHERE rx_gen > queued_gen",
+                     deadline);
 }
 
 /* Queues one study; caller holds the lock inside a transaction. */
@@ -393,18 +398,5 @@ out:
 
 int st_next_job_time(st_store *st, double *when)
 {
-    sqlite3_stmt *s;
-    int r;
-    pthread_mutex_lock(&st->lock);
-    if ((r = st__prepare(st, "SELECT min(not_before) FROM jobs WHERE state=0", &s)) < 0)
-        goto out;
-    r = 0;
-    if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) {
-        *when = sqlite3_column_double(s, 0);
-        r = 1;
-    }
-    sqlite3_finalize(s);
-out:
-    pthread_mutex_unlock(&st->lock);
-    return r;
+    return min_value(st, "SELECT min(not_before) FROM jobs WHERE state=0", when);
 }
