@@ -196,8 +196,10 @@ static void begin_shutdown(server *s, const char *why)
     ctg_notify("STOPPING=1");
     uv_timer_stop(&s->complete_timer);
     uv_timer_stop(&s->recover_timer);
-    dcm_scp_stop_accepting(s->scp);
+    /* The grace period counts from the signal, not from the listeners'
+     * exit (they notice the stop within a second). */
     s->drain_deadline = ctg_mono() + s->cfg->shutdown_grace_seconds;
+    dcm_scp_stop_accepting(s->scp);
     uv_timer_start(&s->drain_timer, on_drain_timer, 0, 100);
 }
 

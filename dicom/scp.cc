@@ -54,6 +54,10 @@ struct dcm_scp {
     std::atomic<int> active;
     std::atomic<unsigned> next_id;
     std::atomic<int> acse_timeout, dimse_timeout, idle_timeout;
+    /* Sockets of running associations, so abort_all() can cut them. */
+    pthread_mutex_t fd_lock;
+    int fds[1024];
+    int nfds;
 };
 
 /* ---- the data-set sink -------------------------------------------------- */
@@ -423,6 +427,10 @@ static void run_association(dcm_scp *scp, T_ASC_Association *assoc,
             continue;
         }
         idle = 0;
+        if (c.bad() && scp->abort_all.load()) {
+            log_warn("scp[%u]: association with %s cut (shutdown)", ai->id, ai->calling_ae);
+            return;
+        }
         if (c == DUL_PEERREQUESTEDRELEASE) {
             ASC_acknowledgeRelease(assoc);
             log_debug("scp[%u]: released by %s", ai->id, ai->calling_ae);
@@ -474,12 +482,37 @@ struct SocketOf : DcmTransportConnection {
     }
 };
 
-static void set_nodelay(T_ASC_Association *assoc)
+static int socket_of(T_ASC_Association *assoc)
 {
     PRIVATE_ASSOCIATIONKEY *key = (PRIVATE_ASSOCIATIONKEY *)assoc->DULassociation;
-    if (!key || !key->connection) return;
-    int fd = SocketOf::get(key->connection), one = 1;
-    if (fd >= 0) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (!key || !key->connection) return -1;
+    return SocketOf::get(key->connection);
+}
+
+/* Registers a running association's socket; with shutdown already under
+ * way the socket is cut at once. */
+static void track_fd(dcm_scp *scp, int fd)
+{
+    if (fd < 0) return;
+    pthread_mutex_lock(&scp->fd_lock);
+    if (scp->nfds < (int)(sizeof scp->fds / sizeof scp->fds[0])) scp->fds[scp->nfds++] = fd;
+    if (scp->abort_all.load()) shutdown(fd, SHUT_RDWR);
+    pthread_mutex_unlock(&scp->fd_lock);
+}
+
+/* Must run before the socket is closed, so abort_all() never touches a
+ * descriptor number that was reused. */
+static void untrack_fd(dcm_scp *scp, int fd)
+{
+    if (fd < 0) return;
+    pthread_mutex_lock(&scp->fd_lock);
+    for (int i = 0; i < scp->nfds; i++) {
+        if (scp->fds[i] == fd) {
+            scp->fds[i] = scp->fds[--scp->nfds];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&scp->fd_lock);
 }
 
 static void *association_main(void *arg)
@@ -493,7 +526,9 @@ static void *association_main(void *arg)
     ai.tls = job->tls;
     delete job;
 
-    set_nodelay(assoc);
+    int fd = socket_of(assoc), one = 1;
+    if (fd >= 0) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    track_fd(scp, fd);
     T_ASC_Parameters *p = assoc->params;
     OFStandard::strlcpy(ai.calling_ae, p->DULparams.callingAPTitle, sizeof ai.calling_ae);
     OFStandard::strlcpy(ai.called_ae, p->DULparams.calledAPTitle, sizeof ai.called_ae);
@@ -518,6 +553,7 @@ static void *association_main(void *arg)
         run_association(scp, assoc, &ai);
         scp->hooks.closed(scp->hooks.ud, &ai);
     }
+    untrack_fd(scp, fd);
     ASC_dropSCPAssociation(assoc);
     ASC_destroyAssociation(&assoc);
     scp->active--;
@@ -649,6 +685,8 @@ int dcm_scp_start(const dcm_scp_config *cfg, const dcm_scp_hooks *hooks,
     scp->abort_all = 0;
     scp->active = 0;
     scp->next_id = 0;
+    pthread_mutex_init(&scp->fd_lock, NULL);
+    scp->nfds = 0;
     dcm_scp_set_timeouts(scp, cfg->acse_timeout, cfg->dimse_timeout, cfg->idle_timeout);
 
     int ports[2] = {cfg->port, cfg->tls_port};
@@ -717,7 +755,14 @@ int dcm_scp_active(dcm_scp *scp) { return scp ? scp->active.load() : 0; }
 
 void dcm_scp_abort_all(dcm_scp *scp)
 {
-    if (scp) scp->abort_all = 1;
+    if (!scp) return;
+    /* Cutting the sockets wakes an association blocked in a read (a peer
+     * that stopped mid data set) and keeps the A-ABORT from waiting for a
+     * peer that no longer reads. */
+    pthread_mutex_lock(&scp->fd_lock);
+    scp->abort_all = 1;
+    for (int i = 0; i < scp->nfds; i++) shutdown(scp->fds[i], SHUT_RDWR);
+    pthread_mutex_unlock(&scp->fd_lock);
 }
 
 void dcm_scp_free(dcm_scp *scp)
@@ -726,6 +771,7 @@ void dcm_scp_free(dcm_scp *scp)
     dcm_scp_stop_accepting(scp);
     /* Association threads hold no pointer into scp after active drops. */
     while (scp->active.load() > 0) usleep(10000);
+    pthread_mutex_destroy(&scp->fd_lock);
     delete scp->tls;
     delete scp;
 }
