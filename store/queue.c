@@ -107,9 +107,13 @@ static int queue_study(st_store *st, int64_t study, const char *uid, int gen,
         sqlite3_finalize(s);
         if (rc != SQLITE_DONE) return st__dberr(st, "supersede job");
     }
-    log_info("queue: study %s complete, job %lld queued%s%s", uid,
-             (long long)id, prev ? " (supersedes job " : "",
-             prev ? (prev_state == 0 ? "queued one)" : "earlier one)") : "");
+    /* Name the superseded job and the state it was in, so an operator can
+     * follow the chain from the log alone. */
+    char sup[80] = "";
+    if (prev)
+        snprintf(sup, sizeof sup, " (supersedes job %lld, which was %s)", (long long)prev,
+                 st_job_state_name(prev_state));
+    log_info("queue: study %s complete, job %lld queued%s", uid, (long long)id, sup);
     return 0;
 }
 
