@@ -133,6 +133,17 @@ static void closed(void *ud, const dcm_assoc_info *a)
     pthread_mutex_unlock(&ing->count_lock);
 }
 
+/* Copies a peer-supplied string for the log: printable ASCII only, so a
+ * hostile UID cannot forge log lines. */
+static const char *printable(const char *in, char *out, size_t n)
+{
+    size_t j = 0;
+    for (size_t i = 0; in[i] && j + 1 < n; i++)
+        out[j++] = (in[i] >= 0x20 && in[i] < 0x7f) ? in[i] : '?';
+    out[j] = 0;
+    return out;
+}
+
 /* ---- C-STORE ----------------------------------------------------------------- */
 
 static unsigned store_begin(void *ud, const dcm_assoc_info *a, const char *sop_class,
@@ -202,8 +213,12 @@ static unsigned store_end(void *ud, const dcm_assoc_info *a, const ctg_instance 
     if (r < 0) {
         snprintf(why, n, "%s", r == CTG_EBADUID ? "invalid Study/Series/SOP Instance UID"
                                                 : ctg_strerror(r));
-        log_warn("ingest: %s from %s not stored: %s", inst->sop_uid, a->calling_ae,
-                 ctg_strerror(r));
+        char s1[72], s2[72], s3[72];
+        log_warn("ingest: instance from %s not stored: %s (study '%s', series '%s', "
+                 "SOP instance '%s')",
+                 a->calling_ae, ctg_strerror(r), printable(inst->study_uid, s1, sizeof s1),
+                 printable(inst->series_uid, s2, sizeof s2),
+                 printable(inst->sop_uid, s3, sizeof s3));
         if (r == CTG_EBADUID) return DCM_STATUS_CANNOT_UNDERSTAND;
         if (r == CTG_ENOSPC) return DCM_STATUS_OUT_OF_RESOURCES;
         return DCM_STATUS_PROCESSING_FAILURE;
