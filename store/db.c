@@ -106,6 +106,30 @@ int st__prepare(st_store *st, const char *sql, sqlite3_stmt **stmt)
     return 0;
 }
 
+int st__cached(st_store *st, const char *sql, sqlite3_stmt **stmt)
+{
+    for (int i = 0; i < st->ncache; i++) {
+        if (st->cache[i].sql == sql) {
+            *stmt = st->cache[i].stmt;
+            return 0;
+        }
+    }
+    if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, stmt, NULL) != SQLITE_OK)
+        return st__dberr(st, "prepare");
+    if (st->ncache < (int)(sizeof st->cache / sizeof st->cache[0])) {
+        st->cache[st->ncache].sql = sql;
+        st->cache[st->ncache].stmt = *stmt;
+        st->ncache++;
+    }
+    return 0;
+}
+
+void st__release(sqlite3_stmt *stmt)
+{
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+}
+
 static int get_user_version(st_store *st, int *v)
 {
     sqlite3_stmt *s;
@@ -225,6 +249,7 @@ fail:
 void st_close(st_store *st)
 {
     if (!st) return;
+    for (int i = 0; i < st->ncache; i++) sqlite3_finalize(st->cache[i].stmt);
     if (st->db) sqlite3_close(st->db);
     pthread_mutex_destroy(&st->lock);
     free(st);

@@ -103,7 +103,7 @@ static void bind_text(sqlite3_stmt *s, int i, const char *v)
 static int lookup_id(st_store *st, const char *sql, const char *key, int64_t *id)
 {
     sqlite3_stmt *s;
-    if (st__prepare(st, sql, &s) < 0) return CTG_EDB;
+    if (st__cached(st, sql, &s) < 0) return CTG_EDB;
     bind_text(s, 1, key);
     int rc = sqlite3_step(s), r;
     if (rc == SQLITE_ROW) {
@@ -112,21 +112,21 @@ static int lookup_id(st_store *st, const char *sql, const char *key, int64_t *id
     } else {
         r = rc == SQLITE_DONE ? 0 : st__dberr(st, "lookup");
     }
-    sqlite3_finalize(s);
+    st__release(s);
     return r;
 }
 
 static int step_done(st_store *st, sqlite3_stmt *s, const char *what)
 {
     int rc = sqlite3_step(s);
-    sqlite3_finalize(s);
+    st__release(s);
     return rc == SQLITE_DONE ? 0 : st__dberr(st, what);
 }
 
 static int upsert_patient(st_store *st, const ctg_instance *in, int64_t *id)
 {
     sqlite3_stmt *s;
-    if (st__prepare(st,
+    if (st__cached(st,
                     "INSERT INTO patients(patient_id, patient_name, birth_date, sex)"
                     " VALUES(?1,?2,?3,?4) ON CONFLICT(patient_id, patient_name)"
                     " DO UPDATE SET birth_date=excluded.birth_date, sex=excluded.sex"
@@ -144,7 +144,7 @@ static int upsert_patient(st_store *st, const ctg_instance *in, int64_t *id)
     } else {
         st__dberr(st, "patient");
     }
-    sqlite3_finalize(s);
+    st__release(s);
     return r;
 }
 
@@ -155,7 +155,7 @@ static int touch_study(st_store *st, const st_ingest_req *q, int64_t patient,
 {
     sqlite3_stmt *s;
     const ctg_instance *in = q->inst;
-    if (st__prepare(st,
+    if (st__cached(st,
                     "INSERT INTO studies(study_uid, patient_ref, study_date, study_time,"
                     " accession, description, calling_ae, first_received, last_received,"
                     " stable_seconds, deadline, rx_gen, queued_gen)"
@@ -185,7 +185,7 @@ static int touch_study(st_store *st, const st_ingest_req *q, int64_t patient,
     } else {
         st__dberr(st, "study");
     }
-    sqlite3_finalize(s);
+    st__release(s);
     return r;
 }
 
@@ -197,7 +197,7 @@ static int upsert_series(st_store *st, const ctg_instance *in, int64_t study,
                       in->series_uid, id);
     if (r != 0) return r < 0 ? r : 0;
     sqlite3_stmt *s;
-    if (st__prepare(st,
+    if (st__cached(st,
                     "INSERT INTO series(series_uid, study_ref, modality, series_number,"
                     " description, body_part, frame_of_ref_uid) VALUES(?1,?2,?3,?4,?5,?6,?7)",
                     &s) < 0)
@@ -221,7 +221,7 @@ static int insert_instance(st_store *st, const st_ingest_req *q, int64_t series,
     const ctg_instance *in = q->inst;
     char ori[160], pos[96], px[64];
     sqlite3_stmt *s;
-    if (st__prepare(st,
+    if (st__cached(st,
                     "INSERT INTO instances(sop_uid, version, current, series_ref, sop_class,"
                     " instance_number, image_type, orientation, position, pixel_spacing,"
                     " slice_thickness, rows, cols, frames, transfer_syntax, path, size,"
@@ -260,7 +260,7 @@ static int insert_instance(st_store *st, const st_ingest_req *q, int64_t series,
     if (step_done(st, s, "instance") < 0) return CTG_EDB;
     *id = sqlite3_last_insert_rowid(st->db);
     if (version > 1) {
-        if (st__prepare(st,
+        if (st__cached(st,
                         "UPDATE instances SET current=0 WHERE sop_uid=?1 AND version<?2",
                         &s) < 0)
             return CTG_EDB;
@@ -277,7 +277,7 @@ static int find_versions(st_store *st, const char *sop, const char *sha,
                          int64_t *dup_id, int *max_version, char *dup_rel)
 {
     sqlite3_stmt *s;
-    if (st__prepare(st,
+    if (st__cached(st,
                     "SELECT id, version, sha256, path FROM instances WHERE sop_uid=?1",
                     &s) < 0)
         return CTG_EDB;
@@ -294,7 +294,7 @@ static int find_versions(st_store *st, const char *sop, const char *sha,
             snprintf(dup_rel, 256, "%s", sqlite3_column_text(s, 3));
         }
     }
-    sqlite3_finalize(s);
+    st__release(s);
     return rc == SQLITE_DONE ? 0 : st__dberr(st, "versions");
 }
 

@@ -18,6 +18,12 @@ struct st_store {
     uint64_t reserve;
     int readonly;
     unsigned tmp_seq;
+    /* Prepared statements of the hot path, keyed by their SQL literal. */
+    struct {
+        const char *sql;
+        sqlite3_stmt *stmt;
+    } cache[24];
+    int ncache;
 };
 
 /* Runs SQL without results; logs and returns CTG_EDB on failure.  Caller
@@ -25,6 +31,11 @@ struct st_store {
 int st__exec(st_store *st, const char *sql);
 /* Prepares a statement; logs and returns CTG_EDB on failure. */
 int st__prepare(st_store *st, const char *sql, sqlite3_stmt **stmt);
+/* A cached prepared statement for a SQL string literal (compared by
+ * address); reset and with cleared bindings.  Release it with
+ * st__release(), never sqlite3_finalize().  Caller holds the lock. */
+int st__cached(st_store *st, const char *sql, sqlite3_stmt **stmt);
+void st__release(sqlite3_stmt *stmt);
 /* Logs the connection's current error with the operation name. */
 int st__dberr(st_store *st, const char *what);
 
