@@ -33,10 +33,14 @@ struct ctg_http {
     void *ud;
     double started;
     int closing;
-    int clients;
+    /* The server handle and every open client hold a reference; the struct
+     * is freed when the last one closes. */
+    int refs;
+    struct client *clients; /* open clients, to close them at shutdown */
 };
 
 typedef struct client {
+    struct client *next, *prev;
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_write_t wr;
@@ -48,13 +52,24 @@ typedef struct client {
     int answered;
 } client;
 
+static void http_unref(ctg_http *h)
+{
+    if (--h->refs == 0) free(h);
+}
+
 static void client_handle_closed(uv_handle_t *hd)
 {
     client *c = hd->data;
     if (--c->handles == 0) {
-        c->h->clients--;
+        ctg_http *h = c->h;
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            h->clients = c->next;
+        if (c->next) c->next->prev = c->prev;
         free(c->reply);
         free(c);
+        http_unref(h);
     }
 }
 
@@ -210,7 +225,10 @@ static void on_connection(uv_stream_t *srv, int status)
     uv_timer_init(h->loop, &c->timer);
     c->tcp.data = c->timer.data = c;
     c->handles = 2;
-    h->clients++;
+    h->refs++;
+    c->next = h->clients;
+    if (h->clients) h->clients->prev = c;
+    h->clients = c;
     if (uv_accept(srv, (uv_stream_t *)&c->tcp) != 0) {
         client_close(c);
         return;
@@ -219,7 +237,7 @@ static void on_connection(uv_stream_t *srv, int status)
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
-static void server_closed(uv_handle_t *hd) { free(hd->data); }
+static void server_closed(uv_handle_t *hd) { http_unref(hd->data); }
 
 int ctg_http_start(uv_loop_t *loop, const char *bind_addr, int port, st_store *st,
                    int (*active)(void *), void *ud, ctg_http **out)
@@ -237,6 +255,7 @@ int ctg_http_start(uv_loop_t *loop, const char *bind_addr, int port, st_store *s
     h->active = active;
     h->ud = ud;
     h->started = ctg_now();
+    h->refs = 1;
     uv_tcp_init(loop, &h->server);
     h->server.data = h;
     int r = uv_tcp_bind(&h->server, (struct sockaddr *)&sa, 0);
@@ -256,5 +275,6 @@ void ctg_http_close(ctg_http *h)
 {
     if (!h) return;
     h->closing = 1;
+    for (client *c = h->clients; c; c = c->next) client_close(c);
     uv_close((uv_handle_t *)&h->server, server_closed);
 }

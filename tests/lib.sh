@@ -113,3 +113,23 @@ cleanup_lib() {
     if [ -n "${DPID:-}" ]; then kill -9 "$DPID" 2>/dev/null || true; fi
 }
 trap cleanup_lib EXIT
+
+# many_instances OUT N UIDROOT [STUDY SERIES] : N instances of one series in
+# OUT, copies of the fixture slices, each with SOP Instance UID UIDROOT.i.
+many_instances() {
+    local out=$1 n=$2 root=$3 i=0 f uid
+    local base="$T/.many-base"
+    rm -rf "$base"
+    fixture "$base" ${4:-} ${5:-}
+    mkdir -p "$out"
+    while [ "$i" -lt "$n" ]; do
+        for f in "$base"/*.dcm; do
+            [ "$i" -lt "$n" ] || break
+            i=$((i + 1))
+            uid=$root.$i
+            cp "$f" "$out/$uid.dcm"
+            dcmodify -q -nb -m "(0008,0018)=$uid" "$out/$uid.dcm" || fail "dcmodify $uid"
+        done
+    done
+    rm -rf "$base"
+}

@@ -16,18 +16,7 @@ series=2.25.231932228033936708469927392542703984207.1.2
 uidroot=2.25.231932228033936708469927392542703984207.31
 
 note "making $N instances of one study"
-fixture "$T/base"
-mkdir -p "$T/in"
-i=0
-while [ "$i" -lt "$N" ]; do
-    for f in "$T/base"/*.dcm; do
-        [ "$i" -lt "$N" ] || break
-        i=$((i + 1))
-        uid=$uidroot.$i
-        cp "$f" "$T/in/$uid.dcm"
-        dcmodify -q -nb -m "(0008,0018)=$uid" "$T/in/$uid.dcm" || fail "dcmodify $uid"
-    done
-done
+many_instances "$T/in" "$N" "$uidroot"
 files=("$T/in"/*.dcm)
 expect_eq "${#files[@]}" "$N" "instances made"
 

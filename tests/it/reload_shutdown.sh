@@ -89,17 +89,7 @@ stop_daemon
 expect_eq "$(stopped)" 1 "'server: stopped' lines"
 
 note "making $N instances"
-fixture "$T/base" "$study" "$series"
-mkdir -p "$T/in"
-i=0
-while [ "$i" -lt "$N" ]; do
-    for f in "$T/base"/*.dcm; do
-        i=$((i + 1))
-        uid=$root.7401.3.$i
-        cp "$f" "$T/in/$uid.dcm"
-        dcmodify -q -nb -m "(0008,0018)=$uid" "$T/in/$uid.dcm" || fail "dcmodify $uid"
-    done
-done
+many_instances "$T/in" "$N" "$root.7401.3" "$study" "$series"
 files=("$T/in"/*.dcm)
 expect_eq "${#files[@]}" "$N" "instances made"
 
