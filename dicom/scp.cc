@@ -1,8 +1,8 @@
 /*
  * scp.cc - the C-ECHO / C-STORE service class provider.
  *
- * One listener thread per port (plain, TLS) receives A-ASSOCIATE requests
- * with DCMTK's ASC_receiveAssociation and hands each to a new detached
+ * A few listener threads per port (plain, TLS) receive A-ASSOCIATE requests
+ * with DCMTK's ASC_receiveAssociation and hand each to a new detached
  * association thread, which asks the caller's admit() hook, negotiates
  * presentation contexts and runs the DIMSE loop.  A C-STORE data set is
  * streamed byte for byte into the caller's file through SpoolStream, which
@@ -18,6 +18,7 @@
 #include "dicom_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <string.h>
@@ -41,14 +42,20 @@
 #include "dcmtk/dcmnet/dulstruc.h"
 #include "dcmtk/dcmtls/tlslayer.h"
 
+#define LISTENERS_PER_PORT 4
+
 struct dcm_scp {
     dcm_scp_config cfg;
     dcm_scp_hooks hooks;
     char ae_title[17];
     T_ASC_Network *net[2];       /* [0] plain, [1] TLS */
     DcmTLSTransportLayer *tls;   /* owned, used by net[1] */
-    pthread_t listener[2];
-    int have_listener[2];
+    /* DCMTK reads the A-ASSOCIATE-RQ (and does the TLS handshake) in the
+     * thread that accepted the connection, so one silent peer holds its
+     * listener for acse_timeout.  Several listeners share each
+     * (non-blocking) listen socket, so one such peer does not stop the port. */
+    pthread_t listener[2][LISTENERS_PER_PORT];
+    int have_listener[2][LISTENERS_PER_PORT];
     std::atomic<int> stop;
     std::atomic<int> abort_all;
     std::atomic<int> active;
@@ -581,11 +588,13 @@ static void *listener_main(void *arg)
                                                NULL, tls ? OFTrue : OFFalse,
                                                DUL_NOBLOCK, 1);
         if (c.bad()) {
-            if (c != DUL_NOASSOCIATIONREQUEST) {
-                OFString s;
+            OFString s;
+            if (c.code() == DULC_TCPINITERROR)
+                /* Another listener accepted the connection first. */
+                log_debug("scp: %s", DimseCondition::dump(s, c).c_str());
+            else if (c != DUL_NOASSOCIATIONREQUEST)
                 log_warn("scp: receiving association on %s port failed: %s",
                          tls ? "TLS" : "plain", DimseCondition::dump(s, c).c_str());
-            }
             if (assoc) {
                 ASC_dropSCPAssociation(assoc);
                 ASC_destroyAssociation(&assoc);
@@ -710,13 +719,21 @@ int dcm_scp_start(const dcm_scp_config *cfg, const dcm_scp_hooks *hooks,
     }
     for (int i = 0; i < 2; i++) {
         if (!scp->net[i]) continue;
-        listener_arg *la = new listener_arg{scp, i};
-        if (pthread_create(&scp->listener[i], NULL, listener_main, la) != 0) {
-            delete la;
-            log_error("scp: cannot start listener thread");
+        PRIVATE_NETWORKKEY *key = (PRIVATE_NETWORKKEY *)scp->net[i]->network;
+        int lfd = key->networkSpecific.TCP.listenSocket;
+        if (fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL) | O_NONBLOCK) != 0) {
+            log_error("scp: cannot make the listen socket non-blocking: %s", strerror(errno));
             goto fail;
         }
-        scp->have_listener[i] = 1;
+        for (int k = 0; k < LISTENERS_PER_PORT; k++) {
+            listener_arg *la = new listener_arg{scp, i};
+            if (pthread_create(&scp->listener[i][k], NULL, listener_main, la) != 0) {
+                delete la;
+                log_error("scp: cannot start listener thread");
+                goto fail;
+            }
+            scp->have_listener[i][k] = 1;
+        }
     }
     *out = scp;
     return 0;
@@ -742,9 +759,11 @@ void dcm_scp_stop_accepting(dcm_scp *scp)
     if (!scp) return;
     scp->stop = 1;
     for (int i = 0; i < 2; i++) {
-        if (scp->have_listener[i]) {
-            pthread_join(scp->listener[i], NULL);
-            scp->have_listener[i] = 0;
+        for (int k = 0; k < LISTENERS_PER_PORT; k++) {
+            if (scp->have_listener[i][k]) {
+                pthread_join(scp->listener[i][k], NULL);
+                scp->have_listener[i][k] = 0;
+            }
         }
         if (scp->net[i]) ASC_dropNetwork(&scp->net[i]);
         scp->net[i] = NULL;
