@@ -169,7 +169,7 @@ static const char *const storage_classes[] = {
     UID_ExtensibleSRStorage,
 };
 
-/* Preference order when a peer offers several in one context. */
+/* The transfer syntaxes we store (see negotiate() for the choice). */
 static const char *const storage_xfers[] = {
     UID_LittleEndianExplicitTransferSyntax,
     UID_LittleEndianImplicitTransferSyntax,
@@ -210,25 +210,54 @@ static void reject(T_ASC_Association *assoc, int kind)
     ASC_rejectAssociation(assoc, &rej);
 }
 
+static int in_list(const char *uid, const char *const *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(uid, list[i]) == 0) return 1;
+    return 0;
+}
+
+/* Accepts each supported presentation context with the first of the
+ * peer's proposed transfer syntaxes that we support: the peer lists its
+ * preference (usually the file's own syntax first), and honouring it keeps
+ * the data set as the sender holds it, with no conversion on its side. */
 static int negotiate(T_ASC_Association *assoc, const dcm_assoc_info *ai)
 {
     T_ASC_Parameters *p = assoc->params;
-    const char *echo = UID_VerificationSOPClass;
-    OFCondition c = ASC_acceptContextsWithPreferredTransferSyntaxes(
-        p, &echo, 1, (const char **)echo_xfers, DIM_OF(echo_xfers));
-    if (c.good())
-        c = ASC_acceptContextsWithPreferredTransferSyntaxes(
-            p, (const char **)storage_classes, DIM_OF(storage_classes),
-            (const char **)storage_xfers, DIM_OF(storage_xfers));
-    if (c.bad()) {
-        OFString s;
-        log_error("scp[%u]: negotiation failed: %s", ai->id,
-                  DimseCondition::dump(s, c).c_str());
-        return -1;
+    int n = ASC_countPresentationContexts(p);
+    for (int i = 0; i < n; i++) {
+        T_ASC_PresentationContext pc;
+        if (ASC_getPresentationContext(p, i, &pc).bad()) continue;
+        const char *const *xfers;
+        size_t nx;
+        if (!strcmp(pc.abstractSyntax, UID_VerificationSOPClass)) {
+            xfers = echo_xfers;
+            nx = DIM_OF(echo_xfers);
+        } else if (in_list(pc.abstractSyntax, storage_classes, DIM_OF(storage_classes))) {
+            xfers = storage_xfers;
+            nx = DIM_OF(storage_xfers);
+        } else {
+            ASC_refusePresentationContext(p, pc.presentationContextID,
+                                          ASC_P_ABSTRACTSYNTAXNOTSUPPORTED);
+            continue;
+        }
+        const char *chosen = NULL;
+        for (int t = 0; t < pc.transferSyntaxCount && !chosen; t++)
+            if (in_list(pc.proposedTransferSyntaxes[t], xfers, nx))
+                chosen = pc.proposedTransferSyntaxes[t];
+        OFCondition c = chosen ? ASC_acceptPresentationContext(p, pc.presentationContextID, chosen)
+                               : ASC_refusePresentationContext(p, pc.presentationContextID,
+                                                               ASC_P_TRANSFERSYNTAXESNOTSUPPORTED);
+        if (c.bad()) {
+            OFString s;
+            log_error("scp[%u]: negotiation failed: %s", ai->id,
+                      DimseCondition::dump(s, c).c_str());
+            return -1;
+        }
     }
     /* Say what was refused, so a PACS engineer can see why a class failed;
      * a peer that offers every storage class gets one line, not a hundred. */
-    int n = ASC_countPresentationContexts(p), accepted = 0, refused = 0;
+    int accepted = 0, refused = 0;
     for (int i = 0; i < n; i++) {
         T_ASC_PresentationContext pc;
         if (ASC_getPresentationContext(p, i, &pc).bad()) continue;
