@@ -191,6 +191,10 @@ int st_open(const st_config *cfg, st_store **out)
     st_store *st = calloc(1, sizeof *st);
     if (!st) return CTG_ENOMEM;
     pthread_mutex_init(&st->lock, NULL);
+    pthread_cond_init(&st->pending_cv, NULL);
+    pthread_mutex_init(&st->gc_mu, NULL);
+    pthread_cond_init(&st->gc_cv, NULL);
+    st->gc_tail = &st->gc_head;
     st->readonly = cfg->readonly;
     st->reserve = cfg->reserve_bytes;
     if (snprintf(st->spool, sizeof st->spool, "%s", cfg->spool_dir) >=
@@ -252,6 +256,10 @@ void st_close(st_store *st)
     for (int i = 0; i < st->ncache; i++) sqlite3_finalize(st->cache[i].stmt);
     if (st->db) sqlite3_close(st->db);
     pthread_mutex_destroy(&st->lock);
+    pthread_cond_destroy(&st->pending_cv);
+    pthread_mutex_destroy(&st->gc_mu);
+    pthread_cond_destroy(&st->gc_cv);
+    free(st->pending);
     free(st);
 }
 

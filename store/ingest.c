@@ -8,8 +8,10 @@
  * index row with synchronous=FULL.  A crash before the commit leaves at most
  * an unindexed file that was never acknowledged; the peer re-sends it.
  *
- * Threading: any thread; the index part runs under the handle's lock, the
- * fsync of the file data does not, so parallel associations overlap it.
+ * Threading: any thread.  Only the decision and the index commit hold the
+ * handle's lock; the fsyncs of file and directory run in parallel across
+ * associations, and the commits of concurrent ingests are grouped into one
+ * transaction (one WAL fsync) by a leader/follower queue.
  */
 #include "store_int.h"
 
@@ -298,6 +300,120 @@ static int find_versions(st_store *st, const char *sop, const char *sha,
     return rc == SQLITE_DONE ? 0 : st__dberr(st, "versions");
 }
 
+/* ---- group commit ------------------------------------------------------------ */
+
+typedef struct st__gc_req {
+    struct st__gc_req *next;
+    const st_ingest_req *q;
+    int version;
+    const char *rel, *sha;
+    int64_t iid;
+    int r, done;
+} gc_req;
+
+/* Writes one instance's rows; caller holds the lock inside a transaction. */
+static int index_one(st_store *st, gc_req *g)
+{
+    int64_t pid, study, series;
+    int r;
+    if ((r = upsert_patient(st, g->q->inst, &pid)) < 0 ||
+        (r = touch_study(st, g->q, pid, &study)) < 0 ||
+        (r = upsert_series(st, g->q->inst, study, &series)) < 0 ||
+        (r = insert_instance(st, g->q, series, g->version, g->rel, g->sha, &g->iid)) < 0)
+        return r;
+    return 0;
+}
+
+/* One transaction for a batch; a savepoint per instance keeps one bad row
+ * from failing the others. */
+static void run_batch(st_store *st, gc_req *batch)
+{
+    pthread_mutex_lock(&st->lock);
+    int r = st__exec(st, "BEGIN IMMEDIATE");
+    for (gc_req *g = batch; g; g = g->next) {
+        if (r < 0) {
+            g->r = r;
+            continue;
+        }
+        if ((g->r = st__exec(st, "SAVEPOINT one")) < 0) continue;
+        if ((g->r = index_one(st, g)) < 0)
+            st__exec(st, "ROLLBACK TO one");
+        st__exec(st, "RELEASE one");
+    }
+    if (r == 0 && (r = st__exec(st, "COMMIT")) < 0) {
+        st__exec(st, "ROLLBACK");
+        for (gc_req *g = batch; g; g = g->next) g->r = r;
+    }
+    pthread_mutex_unlock(&st->lock);
+}
+
+/* Queues g and returns once a leader (this thread or another) committed
+ * it.  Requests that arrive during a commit form the next batch, so under
+ * load many instances share one WAL fsync. */
+static int commit_grouped(st_store *st, gc_req *g)
+{
+    pthread_mutex_lock(&st->gc_mu);
+    g->next = NULL;
+    *st->gc_tail = g;
+    st->gc_tail = &g->next;
+    while (!g->done) {
+        if (st->gc_leader) {
+            pthread_cond_wait(&st->gc_cv, &st->gc_mu);
+            continue;
+        }
+        st->gc_leader = 1;
+        gc_req *batch = st->gc_head;
+        st->gc_head = NULL;
+        st->gc_tail = &st->gc_head;
+        pthread_mutex_unlock(&st->gc_mu);
+        run_batch(st, batch);
+        pthread_mutex_lock(&st->gc_mu);
+        /* A follower may return (and its request vanish) once done is set:
+         * read next first. */
+        for (gc_req *b = batch, *nx; b; b = nx) {
+            nx = b->next;
+            b->done = 1;
+        }
+        st->gc_leader = 0;
+        pthread_cond_broadcast(&st->gc_cv);
+    }
+    pthread_mutex_unlock(&st->gc_mu);
+    return g->r;
+}
+
+/* ---- pending SOP Instance UIDs --------------------------------------------------- */
+
+static int pending_find(st_store *st, const char *sop)
+{
+    for (int i = 0; i < st->npending; i++)
+        if (strcmp(st->pending[i], sop) == 0) return i;
+    return -1;
+}
+
+static int pending_add(st_store *st, const char *sop)
+{
+    if (st->npending == st->cap_pending) {
+        int cap = st->cap_pending ? 2 * st->cap_pending : 16;
+        void *p = realloc(st->pending, (size_t)cap * sizeof *st->pending);
+        if (!p) return CTG_ENOMEM;
+        st->pending = p;
+        st->cap_pending = cap;
+    }
+    snprintf(st->pending[st->npending++], 65, "%s", sop);
+    return 0;
+}
+
+static void pending_remove(st_store *st, const char *sop)
+{
+    pthread_mutex_lock(&st->lock);
+    int i = pending_find(st, sop);
+    if (i >= 0) memcpy(st->pending[i], st->pending[--st->npending], 65);
+    pthread_cond_broadcast(&st->pending_cv);
+    pthread_mutex_unlock(&st->lock);
+}
+
+/* ---- ingest ---------------------------------------------------------------------- */
+
 int st_ingest(st_store *st, const st_ingest_req *q, st_ingest_result *res)
 {
     const ctg_instance *in = q->inst;
@@ -307,37 +423,39 @@ int st_ingest(st_store *st, const st_ingest_req *q, st_ingest_result *res)
 
     if (st->readonly) {
         r = CTG_ESTATE;
-        goto fail_nolock;
+        goto fail;
     }
     if (!st_uid_valid(in->study_uid) || !st_uid_valid(in->series_uid) ||
         !st_uid_valid(in->sop_uid)) {
         r = CTG_EBADUID;
-        goto fail_nolock;
+        goto fail;
     }
     hex(q->sha256, 32, sha);
 
-    /* The data is made durable before the lock is taken, so parallel
+    /* The data is made durable before any lock is taken, so parallel
      * associations overlap their fsyncs. */
     if (fsync(fd) != 0) {
         r = ctg_errno(errno);
         log_syserr(r, "fsync", "%s", q->tmp_path);
-        goto fail_nolock;
+        goto fail;
     }
     close(fd);
     fd = -1;
 
+    /* Decide under the lock: duplicate, first copy or new version.  While
+     * the same SOP Instance UID is between decision and commit in another
+     * thread, wait for it, so the two cannot pick the same version. */
     pthread_mutex_lock(&st->lock);
-    if ((r = st__exec(st, "BEGIN IMMEDIATE")) < 0) goto fail;
-
+    while (pending_find(st, in->sop_uid) >= 0) pthread_cond_wait(&st->pending_cv, &st->lock);
     int64_t dup_id;
     int maxv;
-    if ((r = find_versions(st, in->sop_uid, sha, &dup_id, &maxv, rel)) < 0)
-        goto rollback;
+    r = find_versions(st, in->sop_uid, sha, &dup_id, &maxv, rel);
+    if (r == 0 && !dup_id) r = pending_add(st, in->sop_uid);
+    pthread_mutex_unlock(&st->lock);
+    if (r < 0) goto fail;
     if (dup_id) {
         /* Identical bytes: acknowledge, keep the first copy only.  The study
          * is not touched, so a re-send does not trigger reprocessing. */
-        st__exec(st, "ROLLBACK");
-        pthread_mutex_unlock(&st->lock);
         unlink(q->tmp_path);
         res->outcome = ST_DUPLICATE;
         res->instance_id = dup_id;
@@ -356,46 +474,43 @@ int st_ingest(st_store *st, const st_ingest_req *q, st_ingest_result *res)
              in->series_uid);
     snprintf(dst, sizeof dst, "%s/%s", st->spool, rel);
 
+    /* Place the file, outside the lock.  A file already at dst is the
+     * unindexed leftover of a crash (no row names it, and no other thread
+     * holds this UID), so replacing it is right. */
     if ((r = ctg_mkdirs(dir)) < 0) {
         log_syserr(r, "mkdir", "%s", dir);
-        goto rollback;
+        goto unpend;
     }
     if (rename(q->tmp_path, dst) != 0) {
         r = ctg_errno(errno);
         log_syserr(r, "rename", "%s -> %s", q->tmp_path, dst);
-        goto rollback;
+        goto unpend;
     }
     renamed = 1;
     if ((r = ctg_fsync_dir(dir)) < 0) {
         log_syserr(r, "fsync", "%s", dir);
-        goto rollback;
+        goto unpend;
     }
 
-    int64_t pid, study, series, iid;
-    if ((r = upsert_patient(st, in, &pid)) < 0 ||
-        (r = touch_study(st, q, pid, &study)) < 0 ||
-        (r = upsert_series(st, in, study, &series)) < 0 ||
-        (r = insert_instance(st, q, series, version, rel, sha, &iid)) < 0)
-        goto rollback;
-    if ((r = st__exec(st, "COMMIT")) < 0) goto rollback;
-    pthread_mutex_unlock(&st->lock);
+    gc_req g = {.q = q, .version = version, .rel = rel, .sha = sha};
+    r = commit_grouped(st, &g);
+    pending_remove(st, in->sop_uid);
+    if (r < 0) goto fail;
 
     res->outcome = version == 1 ? ST_NEW : ST_NEW_VERSION;
     res->version = version;
-    res->instance_id = iid;
+    res->instance_id = g.iid;
     snprintf(res->path, sizeof res->path, "%s", dst);
     return 0;
 
-rollback:
-    st__exec(st, "ROLLBACK");
+unpend:
+    pending_remove(st, in->sop_uid);
 fail:
-    pthread_mutex_unlock(&st->lock);
     /* Nothing unacknowledged may stay behind, renamed or not. */
     if (renamed) {
         unlink(dst);
         ctg_fsync_dir(dir);
     }
-fail_nolock:
     st_discard(renamed ? NULL : q->tmp_path, fd);
     return r;
 }

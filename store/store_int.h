@@ -24,6 +24,19 @@ struct st_store {
         sqlite3_stmt *stmt;
     } cache[24];
     int ncache;
+
+    /* SOP Instance UIDs between their version decision and their commit;
+     * a second copy of one waits on pending_cv (under lock). */
+    char (*pending)[65];
+    int npending, cap_pending;
+    pthread_cond_t pending_cv;
+
+    /* Group commit: ingests queue their index rows here; one of them (the
+     * leader) writes the whole queue in one transaction, one WAL fsync. */
+    pthread_mutex_t gc_mu;
+    pthread_cond_t gc_cv;
+    struct st__gc_req *gc_head, **gc_tail;
+    int gc_leader;
 };
 
 /* Runs SQL without results; logs and returns CTG_EDB on failure.  Caller

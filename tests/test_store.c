@@ -3,6 +3,7 @@
  * ingest, duplicate policy, schema versioning, temp-file clean-up.
  */
 #include <fcntl.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -264,7 +265,79 @@ static int test_space_guard(void)
     return 0;
 }
 
+/* Eight threads ingest at once: 8 x 40 distinct instances, plus all of
+ * them sending their own content for one shared SOP Instance UID.  Group
+ * commit and the pending-UID guard must give every distinct instance one
+ * row and one file, and the shared UID eight distinct versions 1..8. */
+typedef struct conc_arg {
+    st_store *st;
+    int t;
+    int failures;
+} conc_arg;
+
+static void *conc_worker(void *p)
+{
+    conc_arg *a = p;
+    char sop[64], content[64];
+    st_ingest_result res;
+    for (int i = 0; i < 40; i++) {
+        ctg_instance in;
+        snprintf(sop, sizeof sop, "1.2.9.%d.%d", a->t, i);
+        make_inst(&in, "1.2.9", a->t % 2 ? "1.2.9.1" : "1.2.9.2", sop);
+        snprintf(content, sizeof content, "thread %d instance %d", a->t, i);
+        if (ingest(a->st, &in, content, 1000.0 + i, &res) != 0 || res.outcome != ST_NEW)
+            a->failures++;
+        if (i == 20) {
+            make_inst(&in, "1.2.9", "1.2.9.1", "1.2.9.777");
+            snprintf(content, sizeof content, "shared, version from thread %d", a->t);
+            if (ingest(a->st, &in, content, 2000.0, &res) != 0 || res.version < 1)
+                a->failures++;
+        }
+    }
+    return NULL;
+}
+
+static int count_rows(const char *sql)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "sqlite3 index.db \"%s\"", sql);
+    FILE *p = popen(cmd, "r");
+    int n = -1;
+    if (p) {
+        if (fscanf(p, "%d", &n) != 1) n = -1;
+        pclose(p);
+    }
+    return n;
+}
+
+static int test_concurrent_ingest(void)
+{
+    st_store *st = open_store(1);
+    CHECK(st != NULL);
+    pthread_t th[8];
+    conc_arg args[8];
+    for (int t = 0; t < 8; t++) {
+        args[t] = (conc_arg){st, t, 0};
+        CHECK(pthread_create(&th[t], NULL, conc_worker, &args[t]) == 0);
+    }
+    for (int t = 0; t < 8; t++) {
+        pthread_join(th[t], NULL);
+        CHECK_EQ_INT(args[t].failures, 0);
+    }
+    st_close(st);
+    CHECK_EQ_INT(count_rows("SELECT count(*) FROM instances WHERE sop_uid != '1.2.9.777'"), 320);
+    CHECK_EQ_INT(count_rows("SELECT count(DISTINCT version) FROM instances WHERE sop_uid = '1.2.9.777'"), 8);
+    CHECK_EQ_INT(count_rows("SELECT max(version) FROM instances WHERE sop_uid = '1.2.9.777'"), 8);
+    CHECK_EQ_INT(count_rows("SELECT count(*) FROM instances WHERE sop_uid = '1.2.9.777' AND current=1"), 1);
+    CHECK_EQ_INT(count_rows("SELECT count(*) FROM studies"), 1);
+    CHECK_EQ_INT(count_rows("SELECT rx_gen FROM studies"), 328);
+    CHECK_EQ_INT(count_files("spool/1.2.9"), 328);
+    CHECK_EQ_INT(count_files("spool/.tmp"), 0);
+    return 0;
+}
+
 const test_case store_tests[] = {
+    {"store_concurrent_ingest", test_concurrent_ingest},
     {"store_uid_rules", test_uid_rules},
     {"store_ingest_paths_and_index", test_ingest_paths_and_index},
     {"store_bad_uids_leave_nothing", test_bad_uids_leave_nothing},
