@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <string>
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -96,6 +97,21 @@ class SpoolConsumer : public DcmConsumer {
             err_ = EFBIG;
             return 0;
         }
+        if (!hashing_) {
+            /* The meta header arrives element by element: collect it and
+             * write it with the data set's first bytes. */
+            head_.append((const char *)buf, (size_t)len);
+            written_ += (uint64_t)len;
+            return len;
+        }
+        if (!head_.empty()) {
+            int h = ctg_write_all(fd_, head_.data(), head_.size());
+            head_.clear();
+            if (h < 0) {
+                err_ = -h;
+                return 0;
+            }
+        }
         int r = ctg_write_all(fd_, buf, (size_t)len);
         if (r < 0) {
             err_ = -r;
@@ -108,8 +124,15 @@ class SpoolConsumer : public DcmConsumer {
     void flush() override {}
 
     void start_hashing() { hashing_ = true; }
+    /* Ends the stream: writes a meta header still held back (an empty data
+     * set) and gives the data set's SHA-256. */
     void digest(uint8_t out[32])
     {
+        if (!head_.empty() && !err_) {
+            int h = ctg_write_all(fd_, head_.data(), head_.size());
+            if (h < 0) err_ = -h;
+            head_.clear();
+        }
         unsigned n = 32;
         EVP_DigestFinal_ex(md_, out, &n);
     }
@@ -122,6 +145,7 @@ class SpoolConsumer : public DcmConsumer {
     uint64_t written_ = 0;
     int err_ = 0;
     bool hashing_ = false;
+    std::string head_;
     EVP_MD_CTX *md_ = nullptr;
 };
 
