@@ -58,10 +58,9 @@ static int ingest(st_store *st, const ctg_instance *in, const char *content, dou
     return st_ingest(st, &q, res);
 }
 
-static int count_files(const char *dir)
+/* The integer a shell command prints, or -1. */
+static int popen_int(const char *cmd)
 {
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "find %s -type f | wc -l", dir);
     FILE *p = popen(cmd, "r");
     int n = -1;
     if (p) {
@@ -69,6 +68,13 @@ static int count_files(const char *dir)
         pclose(p);
     }
     return n;
+}
+
+static int count_files(const char *dir)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "find %s -type f | wc -l", dir);
+    return popen_int(cmd);
 }
 
 static int test_uid_rules(void)
@@ -301,13 +307,7 @@ static int count_rows(const char *sql)
 {
     char cmd[512];
     snprintf(cmd, sizeof cmd, "sqlite3 index.db \"%s\"", sql);
-    FILE *p = popen(cmd, "r");
-    int n = -1;
-    if (p) {
-        if (fscanf(p, "%d", &n) != 1) n = -1;
-        pclose(p);
-    }
-    return n;
+    return popen_int(cmd);
 }
 
 static int test_concurrent_ingest(void)

@@ -11,15 +11,8 @@ study_b=$root.7102.1 series_b=$root.7102.2
 
 note "preparing two studies"
 fixture "$T/a" "$study_a" "$series_a"
-fixture "$T/b" "$study_b" "$series_b"
 # The fixture keeps the published SOP Instance UIDs, so study B gets its own.
-i=0
-for f in "$T/b"/*.dcm; do
-    i=$((i + 1))
-    uid=$root.7102.3.$i
-    dcmodify -q -nb -m "(0008,0018)=$uid" "$f" || fail "dcmodify $f"
-    mv "$f" "$T/b/$uid.dcm"
-done
+many_instances "$T/b" 20 "$root.7102.3" "$study_b" "$series_b"
 a_files=("$T/a"/*.dcm)
 b_files=("$T/b"/*.dcm)
 expect_eq "${#a_files[@]}" 20 "study A files"

@@ -19,12 +19,8 @@ le() { [ "$(echo "$1 <= $2" | bc)" = 1 ]; }
 
 note "preparing two studies"
 fixture "$T/a" "$study_a" "$series_a"
-fixture "$T/b" "$study_b" "$series_b"
-i=0
-for f in "$T/b"/*.dcm; do
-    i=$((i + 1))
-    dcmodify -q -nb -m "(0008,0018)=$root.7502.3.$i" "$f" || fail "dcmodify $f"
-done
+# The fixture keeps the published SOP Instance UIDs, so study B gets its own.
+many_instances "$T/b" 20 "$root.7502.3" "$study_b" "$series_b"
 
 WORKERS=0 STABLE=8 write_conf "[ae BSCU]
 study_stable_seconds = 4"
