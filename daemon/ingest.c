@@ -177,7 +177,7 @@ static void store_abort(void *ud, const char *path, int fd)
 }
 
 static unsigned store_end(void *ud, const dcm_assoc_info *a, const ctg_instance *inst,
-                          const char *path, int fd, const uint8_t sha256[32], uint64_t size,
+                          const char *path, int fd, uint64_t data_offset, uint64_t size,
                           char *why, size_t n)
 {
     ctg_ingest *ing = ud;
@@ -202,7 +202,7 @@ static unsigned store_end(void *ud, const dcm_assoc_info *a, const ctg_instance 
         .inst = inst,
         .tmp_path = path,
         .fd = fd,
-        .sha256 = sha256,
+        .data_offset = data_offset,
         .size = size,
         .calling_ae = a->calling_ae,
         .now = ctg_now(),

@@ -4,8 +4,8 @@
  * SCP: C-ECHO and C-STORE over plain TCP and/or TLS, one thread per
  * association.  Policy (who may connect, where files go) stays with the
  * caller through dcm_scp_hooks; this layer speaks the protocol, streams each
- * data set byte for byte into a file descriptor the caller provides, hashes
- * it, parses its header and sends the status the caller decides.
+ * data set byte for byte into a file descriptor the caller provides, parses
+ * its header and sends the status the caller decides.
  *
  * SCU: C-ECHO and sending files unchanged (the data set bytes of the file go
  * on the wire as they are, which is what a forwarder and the fault tests
@@ -76,12 +76,12 @@ typedef struct dcm_scp_hooks {
     unsigned (*store_begin)(void *ud, const dcm_assoc_info *a,
                             const char *sop_class, const char *sop_uid,
                             char *path, int *fd, char *why, size_t n);
-    /* The data set is in the file (meta header + data set, bytes as
-     * received) and its header parsed.  The hook owns path and fd from here
-     * on and returns the DIMSE status to send. */
+    /* The data set is in the file (meta header, then the data set from
+     * byte data_offset on, as received) and its header parsed.  The hook
+     * owns path and fd from here on and returns the DIMSE status to send. */
     unsigned (*store_end)(void *ud, const dcm_assoc_info *a,
                           const ctg_instance *inst, const char *path, int fd,
-                          const uint8_t sha256[32], uint64_t size, char *why,
+                          uint64_t data_offset, uint64_t size, char *why,
                           size_t n);
     /* The receive failed after store_begin: the hook removes path, closes
      * fd.  The SCP answers with failure (or aborts a broken association). */

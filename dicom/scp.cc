@@ -31,8 +31,6 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
-#include <openssl/evp.h>
-
 #include "dcmtk/config/osconfig.h"
 #include "dcmtk/dcmdata/dcostrma.h"
 #include "dcmtk/dcmdata/dctk.h"
@@ -70,18 +68,13 @@ struct dcm_scp {
 
 /* ---- the data-set sink -------------------------------------------------- */
 
-/* Writes to a file descriptor, hashes what passes after the meta header and
- * refuses to grow past a cap.  A failed write makes the stream bad, which
+/* Writes to a file descriptor, notes where the data set starts (after the
+ * meta header) and refuses to grow past a cap.  A failed write makes the stream bad, which
  * makes DIMSE_receiveDataSetInFile drain the rest of the data set and
  * return an error, leaving the association usable for the response. */
 class SpoolConsumer : public DcmConsumer {
   public:
-    SpoolConsumer(int fd, uint64_t cap) : fd_(fd), cap_(cap)
-    {
-        md_ = EVP_MD_CTX_new();
-        if (!md_ || EVP_DigestInit_ex(md_, EVP_sha256(), NULL) != 1) err_ = ENOMEM;
-    }
-    ~SpoolConsumer() override { EVP_MD_CTX_free(md_); }
+    SpoolConsumer(int fd, uint64_t cap) : fd_(fd), cap_(cap) {}
     OFBool good() const override { return err_ == 0; }
     OFCondition status() const override
     {
@@ -97,7 +90,7 @@ class SpoolConsumer : public DcmConsumer {
             err_ = EFBIG;
             return 0;
         }
-        if (!hashing_) {
+        if (!in_data_) {
             /* The meta header arrives element by element: collect it and
              * write it with the data set's first bytes. */
             head_.append((const char *)buf, (size_t)len);
@@ -117,25 +110,28 @@ class SpoolConsumer : public DcmConsumer {
             err_ = -r;
             return 0;
         }
-        if (hashing_) EVP_DigestUpdate(md_, buf, (size_t)len);
         written_ += (uint64_t)len;
         return len;
     }
     void flush() override {}
 
-    void start_hashing() { hashing_ = true; }
+    /* What follows is the data set. */
+    void start_data()
+    {
+        in_data_ = true;
+        data_offset_ = written_;
+    }
     /* Ends the stream: writes a meta header still held back (an empty data
-     * set) and gives the data set's SHA-256. */
-    void digest(uint8_t out[32])
+     * set). */
+    void finish()
     {
         if (!head_.empty() && !err_) {
             int h = ctg_write_all(fd_, head_.data(), head_.size());
             if (h < 0) err_ = -h;
             head_.clear();
         }
-        unsigned n = 32;
-        EVP_DigestFinal_ex(md_, out, &n);
     }
+    uint64_t data_offset() const { return data_offset_; }
     int error() const { return err_; }
     uint64_t written() const { return written_; }
 
@@ -144,9 +140,9 @@ class SpoolConsumer : public DcmConsumer {
     uint64_t cap_;
     uint64_t written_ = 0;
     int err_ = 0;
-    bool hashing_ = false;
+    uint64_t data_offset_ = 0;
+    bool in_data_ = false;
     std::string head_;
-    EVP_MD_CTX *md_ = nullptr;
 };
 
 class SpoolStream : public DcmOutputStream {
@@ -381,7 +377,7 @@ static OFCondition handle_store(dcm_scp *scp, T_ASC_Association *assoc,
             status = DCM_STATUS_OUT_OF_RESOURCES;
             goto refuse;
         }
-        sink.start_hashing();
+        sink.start_data();
         T_ASC_PresentationContextID data_pid = 0;
         c = DIMSE_receiveDataSetInFile(assoc, DIMSE_NONBLOCKING, dimse_to,
                                        &data_pid, &out, NULL, NULL);
@@ -403,8 +399,13 @@ static OFCondition handle_store(dcm_scp *scp, T_ASC_Association *assoc,
             }
             return c;
         }
-        uint8_t sha[32];
-        sink.digest(sha);
+        sink.finish();
+        if (sink.error()) {
+            scp->hooks.store_abort(scp->hooks.ud, path, fd);
+            snprintf(why, sizeof why, "cannot write spool file: %s", strerror(sink.error()));
+            status = DCM_STATUS_OUT_OF_RESOURCES;
+            goto failed;
+        }
         uint64_t size = sink.written();
 
         ctg_instance inst;
@@ -426,8 +427,8 @@ static OFCondition handle_store(dcm_scp *scp, T_ASC_Association *assoc,
             status = DCM_STATUS_CANNOT_UNDERSTAND;
             goto failed;
         }
-        status = scp->hooks.store_end(scp->hooks.ud, ai, &inst, path, fd, sha, size,
-                                      why, sizeof why);
+        status = scp->hooks.store_end(scp->hooks.ud, ai, &inst, path, fd,
+                                      sink.data_offset(), size, why, sizeof why);
         send_store_rsp(scp, assoc, pid, req, status, why, ai);
         return EC_Normal;
     }

@@ -60,7 +60,7 @@ static const char *const migrations[] = {
     "  transfer_syntax TEXT NOT NULL,"
     "  path TEXT NOT NULL,"
     "  size INTEGER NOT NULL,"
-    "  sha256 TEXT NOT NULL,"
+    "  data_offset INTEGER NOT NULL,"
     "  received REAL NOT NULL,"
     "  calling_ae TEXT,"
     "  UNIQUE(sop_uid, version));"

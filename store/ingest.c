@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -76,16 +77,6 @@ void st_discard(const char *tmp_path, int fd)
 {
     if (fd >= 0) close(fd);
     if (tmp_path && tmp_path[0]) unlink(tmp_path);
-}
-
-static void hex(const uint8_t *b, int n, char *out)
-{
-    static const char d[] = "0123456789abcdef";
-    for (int i = 0; i < n; i++) {
-        out[2 * i] = d[b[i] >> 4];
-        out[2 * i + 1] = d[b[i] & 15];
-    }
-    out[2 * n] = 0;
 }
 
 static void fmt_doubles(const double *v, int n, char *out, size_t cap)
@@ -217,7 +208,7 @@ static int upsert_series(st_store *st, const ctg_instance *in, int64_t study,
 }
 
 static int insert_instance(st_store *st, const st_ingest_req *q, int64_t series,
-                           int version, const char *rel, const char *sha,
+                           int version, const char *rel,
                            int64_t *id)
 {
     const ctg_instance *in = q->inst;
@@ -227,7 +218,7 @@ static int insert_instance(st_store *st, const st_ingest_req *q, int64_t series,
                     "INSERT INTO instances(sop_uid, version, current, series_ref, sop_class,"
                     " instance_number, image_type, orientation, position, pixel_spacing,"
                     " slice_thickness, rows, cols, frames, transfer_syntax, path, size,"
-                    " sha256, received, calling_ae)"
+                    " data_offset, received, calling_ae)"
                     " VALUES(?1,?2,1,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)",
                     &s) < 0)
         return CTG_EDB;
@@ -256,7 +247,7 @@ static int insert_instance(st_store *st, const st_ingest_req *q, int64_t series,
     bind_text(s, 14, in->transfer_syntax);
     bind_text(s, 15, rel);
     sqlite3_bind_int64(s, 16, (sqlite3_int64)q->size);
-    bind_text(s, 17, sha);
+    sqlite3_bind_int64(s, 17, (sqlite3_int64)q->data_offset);
     sqlite3_bind_double(s, 18, q->now);
     bind_text(s, 19, q->calling_ae);
     if (step_done(st, s, "instance") < 0) return CTG_EDB;
@@ -273,31 +264,73 @@ static int insert_instance(st_store *st, const st_ingest_req *q, int64_t series,
     return 0;
 }
 
-/* Looks for earlier copies of the SOP instance.  Sets *dup_id when one has
- * the same data set bytes, and *max_version to the highest version seen. */
-static int find_versions(st_store *st, const char *sop, const char *sha,
-                         int64_t *dup_id, int *max_version, char *dup_rel)
+/* 1 when file a from offset oa on holds the same bytes as file b from ob
+ * on, 0 when not, <0 when a file cannot be read. */
+static int same_bytes(const char *a, uint64_t oa, const char *b, uint64_t ob)
+{
+    int r = CTG_EIO;
+    int fa = open(a, O_RDONLY | O_CLOEXEC), fb = open(b, O_RDONLY | O_CLOEXEC);
+    struct stat sa, sb;
+    if (fa < 0 || fb < 0 || fstat(fa, &sa) != 0 || fstat(fb, &sb) != 0) goto out;
+    if ((uint64_t)sa.st_size < oa || (uint64_t)sb.st_size < ob ||
+        (uint64_t)sa.st_size - oa != (uint64_t)sb.st_size - ob) {
+        r = 0;
+        goto out;
+    }
+    static __thread char ba[65536], bb[65536];
+    uint64_t left = (uint64_t)sa.st_size - oa, pa = oa, pb = ob;
+    while (left > 0) {
+        size_t k = left < sizeof ba ? (size_t)left : sizeof ba;
+        if (pread(fa, ba, k, (off_t)pa) != (ssize_t)k || pread(fb, bb, k, (off_t)pb) != (ssize_t)k)
+            goto out;
+        if (memcmp(ba, bb, k) != 0) {
+            r = 0;
+            goto out;
+        }
+        left -= k;
+        pa += k;
+        pb += k;
+    }
+    r = 1;
+out:
+    if (fa >= 0) close(fa);
+    if (fb >= 0) close(fb);
+    return r;
+}
+
+/* Looks for earlier copies of the SOP instance.  Sets *dup_id when one holds
+ * the same data set bytes as the new file, and *max_version to the highest
+ * version seen.  Reads files only when the UID is already known, which is
+ * rare, so new instances pay no hashing or comparing. */
+static int find_versions(st_store *st, const st_ingest_req *q, int64_t *dup_id,
+                         int *max_version, char *dup_rel)
 {
     sqlite3_stmt *s;
     if (st__cached(st,
-                    "SELECT id, version, sha256, path FROM instances WHERE sop_uid=?1",
-                    &s) < 0)
+                   "SELECT id, version, path, data_offset FROM instances WHERE sop_uid=?1",
+                   &s) < 0)
         return CTG_EDB;
-    bind_text(s, 1, sop);
+    bind_text(s, 1, q->inst->sop_uid);
     *dup_id = 0;
     *max_version = 0;
-    int rc;
+    int rc, r = 0;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         int v = sqlite3_column_int(s, 1);
         if (v > *max_version) *max_version = v;
-        const char *h = (const char *)sqlite3_column_text(s, 2);
-        if (h && strcmp(h, sha) == 0) {
+        if (*dup_id) continue;
+        char held[PATH_MAX];
+        snprintf(held, sizeof held, "%s/%s", st->spool, sqlite3_column_text(s, 2));
+        int same = same_bytes(q->tmp_path, q->data_offset, held,
+                              (uint64_t)sqlite3_column_int64(s, 3));
+        if (same < 0) log_warn("store: cannot compare with %s: %s", held, strerror(errno));
+        if (same == 1) {
             *dup_id = sqlite3_column_int64(s, 0);
-            snprintf(dup_rel, 256, "%s", sqlite3_column_text(s, 3));
+            snprintf(dup_rel, 256, "%s", sqlite3_column_text(s, 2));
         }
     }
+    if (rc != SQLITE_DONE) r = st__dberr(st, "versions");
     st__release(s);
-    return rc == SQLITE_DONE ? 0 : st__dberr(st, "versions");
+    return r;
 }
 
 /* ---- group commit ------------------------------------------------------------ */
@@ -306,7 +339,7 @@ typedef struct st__gc_req {
     struct st__gc_req *next;
     const st_ingest_req *q;
     int version;
-    const char *rel, *sha;
+    const char *rel;
     int64_t iid;
     int r, done;
 } gc_req;
@@ -319,7 +352,7 @@ static int index_one(st_store *st, gc_req *g)
     if ((r = upsert_patient(st, g->q->inst, &pid)) < 0 ||
         (r = touch_study(st, g->q, pid, &study)) < 0 ||
         (r = upsert_series(st, g->q->inst, study, &series)) < 0 ||
-        (r = insert_instance(st, g->q, series, g->version, g->rel, g->sha, &g->iid)) < 0)
+        (r = insert_instance(st, g->q, series, g->version, g->rel, &g->iid)) < 0)
         return r;
     return 0;
 }
@@ -417,7 +450,7 @@ static void pending_remove(st_store *st, const char *sop)
 int st_ingest(st_store *st, const st_ingest_req *q, st_ingest_result *res)
 {
     const ctg_instance *in = q->inst;
-    char sha[65], rel[256], dir[PATH_MAX], dst[PATH_MAX];
+    char rel[256], dir[PATH_MAX], dst[PATH_MAX];
     int fd = q->fd, r, renamed = 0;
     memset(res, 0, sizeof *res);
 
@@ -430,7 +463,6 @@ int st_ingest(st_store *st, const st_ingest_req *q, st_ingest_result *res)
         r = CTG_EBADUID;
         goto fail;
     }
-    hex(q->sha256, 32, sha);
 
     /* The data is made durable before any lock is taken, so parallel
      * associations overlap their fsyncs. */
@@ -449,7 +481,7 @@ int st_ingest(st_store *st, const st_ingest_req *q, st_ingest_result *res)
     while (pending_find(st, in->sop_uid) >= 0) pthread_cond_wait(&st->pending_cv, &st->lock);
     int64_t dup_id;
     int maxv;
-    r = find_versions(st, in->sop_uid, sha, &dup_id, &maxv, rel);
+    r = find_versions(st, q, &dup_id, &maxv, rel);
     if (r == 0 && !dup_id) r = pending_add(st, in->sop_uid);
     pthread_mutex_unlock(&st->lock);
     if (r < 0) goto fail;
@@ -492,7 +524,7 @@ int st_ingest(st_store *st, const st_ingest_req *q, st_ingest_result *res)
         goto unpend;
     }
 
-    gc_req g = {.q = q, .version = version, .rel = rel, .sha = sha};
+    gc_req g = {.q = q, .version = version, .rel = rel};
     r = commit_grouped(st, &g);
     pending_remove(st, in->sop_uid);
     if (r < 0) goto fail;

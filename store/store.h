@@ -72,7 +72,7 @@ typedef struct st_ingest_req {
     const ctg_instance *inst;
     const char *tmp_path;      /* from st_tmp_create */
     int fd;                    /* consumed: closed in every case */
-    const uint8_t *sha256;     /* 32 bytes: hash of the data set bytes */
+    uint64_t data_offset;      /* where the data set starts in the file */
     uint64_t size;             /* file size in bytes */
     const char *calling_ae;
     double now;                /* receive time (epoch seconds) */
@@ -82,7 +82,7 @@ typedef struct st_ingest_req {
 /* Makes a received file durable and indexes it.  The temp file is renamed to
  * <spool>/<study>/<series>/<sop>.dcm (or <sop>.v<N>.dcm for a different
  * version of an existing instance) or removed when it is an identical
- * duplicate.  On error the temp file is removed and nothing is indexed. */
+ * duplicate: its data set bytes equal those of a version already held.  On error the temp file is removed and nothing is indexed. */
 int st_ingest(st_store *st, const st_ingest_req *req, st_ingest_result *res);
 
 /* ---- study completion ---------------------------------------------------- */

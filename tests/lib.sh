@@ -133,3 +133,12 @@ many_instances() {
     done
     rm -rf "$base"
 }
+
+# indexed_data_sha SOP [VERSION] : SHA-256 of the data set bytes of an
+# indexed instance, read from its file at the data_offset the index records.
+indexed_data_sha() {
+    local row
+    row=$(sql "SELECT path || '|' || data_offset FROM instances WHERE sop_uid='$1' AND version=${2:-1}")
+    [ -n "$row" ] || { echo "no index row"; return 0; }
+    tail -c +$(( ${row#*|} + 1 )) "$T/spool/${row%|*}" | sha256sum | cut -d' ' -f1
+}

@@ -32,9 +32,7 @@ static int arrive(st_store *st, const char *study, const char *sop, double now, 
     int fd;
     if (st_tmp_create(st, path, &fd) < 0) return -1;
     if (write(fd, sop, strlen(sop)) < 0) return -1;
-    uint8_t sha[32] = {0};
-    snprintf((char *)sha, sizeof sha, "%s", sop);
-    st_ingest_req q = {.inst = &in, .tmp_path = path, .fd = fd, .sha256 = sha,
+    st_ingest_req q = {.inst = &in, .tmp_path = path, .fd = fd, .data_offset = 0,
                        .size = strlen(sop), .calling_ae = "UNIT", .now = now,
                        .stable_seconds = stable};
     st_ingest_result res;

@@ -117,8 +117,9 @@ while IFS= read -r f; do
     sha=$(dataset_sha "$f")
     expect_eq "$(dataset_sha "$p")" "$sha" "data set bytes of acknowledged $sop"
     expect_eq "$(sql "SELECT count(*) FROM instances WHERE sop_uid='$sop' AND version=1 AND current=1
-                      AND sha256='$sha' AND size=$(stat -c %s "$p")
-                      AND path='$study/$series/$sop.dcm'")" 1 "index row of acknowledged $sop"
+                      AND size=$(stat -c %s "$p") AND path='$study/$series/$sop.dcm'")" 1 \
+        "index row of acknowledged $sop"
+    expect_eq "$(indexed_data_sha "$sop")" "$sha" "data set at the indexed offset of $sop"
 done < "$T/acked.list"
 
 note "the study completes exactly once"

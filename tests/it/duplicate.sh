@@ -61,9 +61,11 @@ expect_eq "$(ls "$dir" | grep -c "^$sop\.")" 2 "files of $sop"
 expect_eq "$(find "$T/spool" -type f | wc -l)" 21 "files in the spool"
 expect_eq "$(dataset_sha "$dir/$sop.dcm")" "$sha1" "first copy unchanged"
 expect_eq "$(dataset_sha "$dir/$sop.v2.dcm")" "$sha2" "second copy as sent"
-expect_eq "$(sql "SELECT group_concat(version || ' ' || current || ' ' || sha256 || ' ' || path, ';') FROM
+expect_eq "$(sql "SELECT group_concat(version || ' ' || current || ' ' || path, ';') FROM
                   (SELECT * FROM instances WHERE sop_uid='$sop' ORDER BY version)")" \
-    "1 0 $sha1 $study/$series/$sop.dcm;2 1 $sha2 $study/$series/$sop.v2.dcm" "index versions of $sop"
+    "1 0 $study/$series/$sop.dcm;2 1 $study/$series/$sop.v2.dcm" "index versions of $sop"
+expect_eq "$(indexed_data_sha "$sop" 1)" "$sha1" "version 1 data set at its indexed offset"
+expect_eq "$(indexed_data_sha "$sop" 2)" "$sha2" "version 2 data set at its indexed offset"
 expect_eq "$(sql 'SELECT count(*) || " " || sum(current) FROM instances')" "21 20" "instance rows, current ones"
 expect_eq "$(sql "SELECT count(*) FROM instances WHERE current=1 AND sop_uid<>'$sop' AND version=1")" 19 "other instances"
 
