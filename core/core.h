@@ -57,7 +57,10 @@ static inline int ctg_errno(int e) { return e > 0 ? -e : CTG_EIO; }
 
 enum { CTG_LOG_ERROR = 0, CTG_LOG_WARN, CTG_LOG_INFO, CTG_LOG_DEBUG };
 
-extern volatile int ctg_log_level;
+/* The current level; read with a relaxed atomic load by every thread,
+ * changed (on reload) only through ctg_log_set_level(). */
+extern int ctg_log_level;
+void ctg_log_set_level(int level);
 
 /* Parses "error", "warn", "info", "debug"; returns the level or -1. */
 int ctg_log_parse_level(const char *s);
@@ -67,7 +70,8 @@ void ctg_log_write(int level, const char *fmt, ...)
 /* The level check comes before any argument is evaluated or formatted. */
 #define CTG_LOG(level, ...)                                                    \
     do {                                                                       \
-        if ((level) <= ctg_log_level) ctg_log_write((level), __VA_ARGS__);     \
+        if ((level) <= __atomic_load_n(&ctg_log_level, __ATOMIC_RELAXED))    \
+            ctg_log_write((level), __VA_ARGS__);                               \
     } while (0)
 #define log_error(...) CTG_LOG(CTG_LOG_ERROR, __VA_ARGS__)
 #define log_warn(...) CTG_LOG(CTG_LOG_WARN, __VA_ARGS__)

@@ -17,7 +17,12 @@
 #include <time.h>
 #include <unistd.h>
 
-volatile int ctg_log_level = CTG_LOG_INFO;
+int ctg_log_level = CTG_LOG_INFO;
+
+void ctg_log_set_level(int level)
+{
+    __atomic_store_n(&ctg_log_level, level, __ATOMIC_RELAXED);
+}
 
 const char *ctg_strerror(int err)
 {

@@ -145,7 +145,7 @@ static void reload(server *s)
                  "they take effect at the next restart");
     ctg_ingest_reconfigure(s->ing, c);
     dcm_scp_set_timeouts(s->scp, c->acse_timeout, c->dimse_timeout, c->idle_timeout);
-    ctg_log_level = c->log_level;
+    ctg_log_set_level(c->log_level);
     free(fresh);
     log_info("reload: configuration %s applied", c->path);
 }
@@ -231,7 +231,7 @@ int ctg_server_run(ctg_config *cfg)
     s->pol.max_attempts = cfg->max_attempts;
     s->pol.base_seconds = cfg->retry_base_seconds;
     s->pol.max_seconds = cfg->retry_max_seconds;
-    ctg_log_level = cfg->log_level;
+    ctg_log_set_level(cfg->log_level);
     signal(SIGPIPE, SIG_IGN);
 
     st_config sc = {.spool_dir = cfg->spool, .db_path = cfg->index,

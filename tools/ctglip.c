@@ -283,7 +283,7 @@ int main(int argc, char **argv)
             if (!tls.verify_peer) tls.ca_file = NULL;
             tls.profile = "bcp195";
         } else if (!strcmp(argv[i], "-v")) {
-            ctg_log_level = CTG_LOG_DEBUG;
+            ctg_log_set_level(CTG_LOG_DEBUG);
         } else {
             return usage();
         }
