@@ -305,7 +305,7 @@ static int negotiate(T_ASC_Association *assoc, const dcm_assoc_info *ai)
 
 /* ---- C-STORE ---------------------------------------------------------------- */
 
-static void send_store_rsp(dcm_scp *scp, T_ASC_Association *assoc,
+static void send_store_rsp(T_ASC_Association *assoc,
                            T_ASC_PresentationContextID pid,
                            T_DIMSE_C_StoreRQ *req, unsigned status,
                            const char *why, const dcm_assoc_info *ai)
@@ -336,7 +336,6 @@ static void send_store_rsp(dcm_scp *scp, T_ASC_Association *assoc,
         log_warn("scp[%u]: sending C-STORE response failed: %s", ai->id,
                  DimseCondition::dump(s, c).c_str());
     }
-    (void)scp;
 }
 
 /* Handles one C-STORE; returns a bad condition when the association is
@@ -393,7 +392,7 @@ static OFCondition handle_store(dcm_scp *scp, T_ASC_Association *assoc,
                              strerror(sink.error()));
                 log_error("scp[%u]: C-STORE %s from %s refused: %s", ai->id,
                           req->AffectedSOPInstanceUID, ai->calling_ae, why);
-                send_store_rsp(scp, assoc, pid, req, DCM_STATUS_OUT_OF_RESOURCES,
+                send_store_rsp(assoc, pid, req, DCM_STATUS_OUT_OF_RESOURCES,
                                why, ai);
                 return EC_Normal;
             }
@@ -429,14 +428,14 @@ static OFCondition handle_store(dcm_scp *scp, T_ASC_Association *assoc,
         }
         status = scp->hooks.store_end(scp->hooks.ud, ai, &inst, path, fd,
                                       sink.data_offset(), size, why, sizeof why);
-        send_store_rsp(scp, assoc, pid, req, status, why, ai);
+        send_store_rsp(assoc, pid, req, status, why, ai);
         return EC_Normal;
     }
 
 failed:
     log_warn("scp[%u]: C-STORE %s from %s failed (0x%04x): %s", ai->id,
              req->AffectedSOPInstanceUID, ai->calling_ae, status, why);
-    send_store_rsp(scp, assoc, pid, req, status, why, ai);
+    send_store_rsp(assoc, pid, req, status, why, ai);
     return EC_Normal;
 
 refuse:
@@ -447,7 +446,7 @@ refuse:
         c = DIMSE_ignoreDataSet(assoc, DIMSE_NONBLOCKING, dimse_to, &bytes, &pdvs);
         if (c.bad()) return c;
     }
-    send_store_rsp(scp, assoc, pid, req, status, why, ai);
+    send_store_rsp(assoc, pid, req, status, why, ai);
     return EC_Normal;
 }
 

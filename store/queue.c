@@ -18,6 +18,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 const char *st_job_state_name(int state)
@@ -90,6 +91,15 @@ static int queue_study(st_store *st, int64_t study, const char *uid, int gen,
     if (rc != SQLITE_DONE) return st__dberr(st, "insert job");
     int64_t id = sqlite3_last_insert_rowid(st->db);
 
+    /* The study is covered up to the generation this job was made for. */
+    if (st__prepare(st, "UPDATE studies SET queued_gen=?2 WHERE id=?1", &s) < 0)
+        return CTG_EDB;
+    sqlite3_bind_int64(s, 1, study);
+    sqlite3_bind_int(s, 2, gen);
+    rc = sqlite3_step(s);
+    sqlite3_finalize(s);
+    if (rc != SQLITE_DONE) return st__dberr(st, "mark study queued");
+
     if (prev) {
         /* A queued predecessor will never run now; a running or finished one
          * only learns that its result has been superseded. */
@@ -119,8 +129,13 @@ static int queue_study(st_store *st, int64_t study, const char *uid, int gen,
 
 int st_complete_due(st_store *st, double now)
 {
+    struct due {
+        int64_t id;
+        char uid[65];
+        int gen;
+    } *due = NULL;
     sqlite3_stmt *s = NULL;
-    int r, n = 0;
+    int r, n = 0, cap = 0;
     pthread_mutex_lock(&st->lock);
     if ((r = st__exec(st, "BEGIN IMMEDIATE")) < 0) goto out;
     if ((r = st__prepare(st,
@@ -129,31 +144,31 @@ int st_complete_due(st_store *st, double now)
                          &s)) < 0)
         goto rollback;
     sqlite3_bind_double(s, 1, now);
+    /* Collect first: queueing updates the rows this query reads. */
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        int64_t id = sqlite3_column_int64(s, 0);
-        char uid[65];
-        snprintf(uid, sizeof uid, "%s", sqlite3_column_text(s, 1));
-        int gen = sqlite3_column_int(s, 2);
-        if ((r = queue_study(st, id, uid, gen, now)) < 0) goto rollback;
+        if (n == cap) {
+            void *p = realloc(due, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *due);
+            if (!p) {
+                r = CTG_ENOMEM;
+                goto rollback;
+            }
+            due = p;
+        }
+        due[n].id = sqlite3_column_int64(s, 0);
+        snprintf(due[n].uid, sizeof due[n].uid, "%s", sqlite3_column_text(s, 1));
+        due[n].gen = sqlite3_column_int(s, 2);
         n++;
     }
+    sqlite3_finalize(s);
+    s = NULL;
     if (rc != SQLITE_DONE) {
         r = st__dberr(st, "due studies");
         goto rollback;
     }
-    sqlite3_finalize(s);
-    s = NULL;
-    if (n == 0) {
-        st__exec(st, "ROLLBACK");
-        goto out;
-    }
-    char sql[160];
-    snprintf(sql, sizeof sql,
-             "UPDATE studies SET queued_gen=rx_gen"
-             " WHERE rx_gen > queued_gen AND deadline <= %.6f", now);
-    if ((r = st__exec(st, sql)) < 0 || (r = st__exec(st, "COMMIT")) < 0)
-        goto rollback;
+    for (int i = 0; i < n; i++)
+        if ((r = queue_study(st, due[i].id, due[i].uid, due[i].gen, now)) < 0) goto rollback;
+    if ((r = st__exec(st, n ? "COMMIT" : "ROLLBACK")) < 0) goto rollback;
     goto out;
 rollback:
     if (s) sqlite3_finalize(s);
@@ -161,6 +176,7 @@ rollback:
     n = 0;
 out:
     pthread_mutex_unlock(&st->lock);
+    free(due);
     return r < 0 ? r : n;
 }
 
