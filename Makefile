@@ -24,12 +24,12 @@ SANLD    := -fsanitize=$(SANITIZE)
 endif
 
 WARN     := -Wall -Wextra -Wshadow
-CPPFLAGS += -D_GNU_SOURCE -I. -MMD -MP -DHAVE_SYSTEMD=1
+CPPFLAGS += -D_GNU_SOURCE -I. -I/usr/include/nifti -MMD -MP -DHAVE_SYSTEMD=1
 CFLAGS   += -std=gnu11 $(OPT) -g $(WARN) -Wstrict-prototypes -pthread
 CXXFLAGS += -std=c++17 $(OPT) -g $(WARN) -pthread
 LDLIBS_DCMTK := -ldcmtls -ldcmnet -ldcmjpls -ldcmtkcharls -ldcmjpeg -lijg8 -lijg12 -lijg16 \
                 -ldcmimgle -ldcmdata -loflog -lofstd -lssl -lcrypto
-LDLIBS   := -luv -lsqlite3 -linih -lcjson -lsystemd -lssl -lcrypto -lpthread -lm
+LDLIBS   := -lniftiio -lznz -lpng -lz -luv -lsqlite3 -linih -lcjson -lsystemd -lssl -lcrypto -lpthread -lm
 LDFLAGS  += -pthread $(SANLD)
 
 ifneq ($(NVCC),)
@@ -41,12 +41,12 @@ CUDA_OBJ := $(BUILD)/cuda/nogpu.o
 CUDA_LIBS :=
 endif
 
-CORE_SRC   := core/util.c
-STORE_SRC  := store/db.c store/ingest.c store/queue.c
-DICOM_SRC  := dicom/scp.cc dicom/parse.cc dicom/scu.cc
-DAEMON_SRC := daemon/config.c daemon/ingest.c daemon/worker.c daemon/server.c daemon/http.c
-TEST_SRC   := tests/runner.c tests/test_store.c tests/test_queue.c tests/test_config.c \
-              tests/test_fuzz.c tests/fuzz/fuzz_instance.c
+CORE_SRC   := $(wildcard core/*.c)
+STORE_SRC  := $(wildcard store/*.c)
+DICOM_SRC  := $(wildcard dicom/*.cc)
+DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+TOOLS_SRC  := $(filter-out tools/ctglip.c,$(wildcard tools/*.c))
+TEST_SRC   := $(wildcard tests/*.c) $(wildcard tests/fuzz/*.c)
 
 obj = $(patsubst %.cc,$(BUILD)/%.o,$(patsubst %.c,$(BUILD)/%.o,$(1)))
 
@@ -61,10 +61,10 @@ all: $(BINS)
 $(BUILD)/ctglipd: $(call obj,daemon/main.c) $(DAEMON_OBJ) $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
 
-$(BUILD)/ctglip: $(call obj,tools/ctglip.c daemon/config.c) $(LIB_OBJ)
+$(BUILD)/ctglip: $(call obj,tools/ctglip.c daemon/config.c $(TOOLS_SRC)) $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
 
-$(BUILD)/tests/runner: $(call obj,$(TEST_SRC)) $(DAEMON_OBJ) $(LIB_OBJ)
+$(BUILD)/tests/runner: $(call obj,$(TEST_SRC) $(TOOLS_SRC)) $(DAEMON_OBJ) $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
 
 $(BUILD)/%.o: %.c

@@ -38,7 +38,9 @@ extern "C" {
     X(NOTFOUND, -1007, "not found")                                            \
     X(LEASE, -1008, "job lease lost")                                          \
     X(TOOBIG, -1009, "size limit exceeded")                                    \
-    X(STATE, -1010, "operation not allowed in this state")
+    X(STATE, -1010, "operation not allowed in this state")                     \
+    X(FORMAT, -1011, "malformed or unsupported data")                          \
+    X(REJECT, -1012, "input rejected")
 
 enum {
 #define CTG__ENUM(name, val, msg) CTG_E##name = (val),

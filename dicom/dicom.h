@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "../core/core.h"
+#include "../core/vol.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -150,6 +151,104 @@ int dcm_echo(const dcm_peer *peer, char *why, size_t n);
  * association worked (individual statuses may still be failures). */
 int dcm_send_files(const dcm_peer *peer, const char *const *files, int nfiles,
                    int *status, char *why, size_t n);
+
+/* ---- series to volume ------------------------------------------------------ */
+
+typedef struct dcm_vol_opts {
+    /* Missing slices (a gap of k times the usual spacing): 0 rejects the
+     * series; 1 fills gaps of up to max_fill slices by linear interpolation
+     * of the neighbours (and says so in info->filled). */
+    int fill_missing;
+    int max_fill;            /* default 2 when 0 */
+    /* Relative spacing tolerance between consecutive slices; default 0.05
+     * when 0. */
+    double spacing_tolerance;
+    /* Use this series; NULL or "" picks the primary CT series. */
+    const char *series_uid;
+    /* Refuse volumes with more voxels than this (0: 1024*1024*2048). */
+    uint64_t max_voxels;
+} dcm_vol_opts;
+
+typedef struct dcm_vol_info {
+    char study_uid[65];
+    char series_uid[65];
+    char frame_of_ref_uid[65];
+    char sop_class[65];
+    char series_desc[65];
+    char patient_position[17];
+    int series_number;
+    int nslices;           /* slices in the volume (filled ones included) */
+    int filled;            /* slices made up by interpolation */
+    int nseries;           /* series seen in the input */
+    double slice_spacing;  /* mm between slice centres */
+    int enhanced;          /* read from a multi-frame Enhanced CT object */
+    /* Where each canonical slice came from (k = 0..nslices-1): the SOP
+     * Instance UID and the 1-based frame number (1 for single-frame
+     * images); "" and 0 for a filled slice.  In the canonical k order of
+     * the returned volume; owned, freed by dcm_vol_info_free. */
+    char (*slice_sop)[65];
+    int *slice_frame;
+    /* One line per series that was not chosen, with the reason
+     * ("1.2.3: localizer (ImageType LOCALIZER)"); truncated to fit. */
+    char skipped[1024];
+} dcm_vol_info;
+
+/* Builds a CT volume in Hounsfield units from the files of one study
+ * (any order, any mix of series; non-image objects are skipped):
+ *   - picks the primary series: CT or Enhanced CT, ORIGINAL\PRIMARY (no
+ *     localizer, derived/secondary image or dose report), one orientation,
+ *     axial-ish, the most slices; opts->series_uid overrides;
+ *   - sorts slices by position along the slice normal, checks spacing
+ *     (missing slices: reject or fill per opts; gantry tilt, i.e. positions
+ *     not along the normal, or mixed orientation/size: reject);
+ *   - decodes uncompressed, JPEG lossless, JPEG-LS and RLE pixel data
+ *     through DCMTK's codecs (JPEG 2000: rejected with a reason);
+ *   - applies Rescale Slope/Intercept (per frame for Enhanced CT);
+ *   - returns a CTG_F32 volume in the canonical orientation of core/vol.h.
+ * *out and info's arrays are new; info may be NULL.  Returns 0, or
+ * CTG_EREJECT / CTG_EFORMAT / CTG_EIO / CTG_ENOMEM with the reason in why
+ * (one line a radiologist or admin can act on). */
+int dcm_series_volume(const char *const *paths, size_t npaths,
+                      const dcm_vol_opts *opts, ctg_vol **out,
+                      dcm_vol_info *info, char *why, size_t n);
+void dcm_vol_info_free(dcm_vol_info *info); /* NULL: no-op */
+
+/* ---- writing CT series (phantoms, tests, benchmarks) ---------------------- */
+
+enum dcm_ts {
+    DCM_TS_EXPLICIT_LE = 0, /* 1.2.840.10008.1.2.1 */
+    DCM_TS_IMPLICIT_LE,     /* 1.2.840.10008.1.2 */
+    DCM_TS_JPEG_LOSSLESS,   /* 1.2.840.10008.1.2.4.70 (process 14, SV1) */
+    DCM_TS_JPEGLS_LOSSLESS, /* 1.2.840.10008.1.2.4.80 */
+    DCM_TS_RLE,             /* 1.2.840.10008.1.2.5 */
+};
+
+typedef struct dcm_ct_meta {
+    const char *patient_name, *patient_id, *patient_birth_date, *patient_sex;
+    const char *study_uid, *series_uid, *frame_of_ref_uid;
+    const char *study_date, *study_time, *accession, *study_desc;
+    const char *series_desc, *body_part;
+    const char *patient_position; /* "HFS", "FFS", "HFP", "FFP" */
+    int series_number;
+    double slice_thickness;       /* mm; 0: the slice spacing */
+    int pixel_signed;   /* 1: signed pixels, intercept 0;
+                           0: unsigned pixels, intercept -1024 */
+    int transfer_syntax;          /* enum dcm_ts */
+    int enhanced;       /* 1: one multi-frame Enhanced CT Image object */
+    /* SOP Instance UIDs are sop_uid_prefix + "." + (k+1); NULL: the
+     * series UID is used as the prefix. */
+    const char *sop_uid_prefix;
+} dcm_ct_meta;
+
+/* Writes vol (CTG_F32 or CTG_I16, values in HU) as a CT series into dir
+ * (created if needed): one file per slice k (dir/CT%04d.dcm, k+1) or one
+ * Enhanced CT file (dir/CT0001.dcm).  The volume's grid is the acquisition
+ * grid: i runs along a row (ImageOrientation's first vector = aff column
+ * i), j down the columns, k is the slice index; ImagePositionPatient of
+ * slice k = aff * (0,0,k).  HU values are rounded to the stored integer
+ * representation.  Returns 0 or CTG_E* with the reason in why. */
+int dcm_write_ct_series(const char *dir, const ctg_vol *vol,
+                        const dcm_ct_meta *meta, char *why, size_t n);
 
 #ifdef __cplusplus
 }

@@ -21,6 +21,7 @@
 #include "daemon/daemon.h"
 #include "dicom/dicom.h"
 #include "store/store.h"
+#include "tools/tools.h"
 
 static const char *conf_path = "etc/ctglipd.conf";
 static const char *calling_ae = "CTGLIP_CLI";
@@ -33,7 +34,10 @@ static int usage(void)
     fprintf(stderr,
             "usage: ctglip [-c CONF] status | studies | jobs [STATE] | requeue JOB\n"
             "       ctglip [--aet AE] [--tls CERT KEY CA] [--timeout S] echo HOST PORT AET\n"
-            "       ctglip [--aet AE] [--tls CERT KEY CA] [--timeout S] send HOST PORT AET FILE...\n");
+            "       ctglip [--aet AE] [--tls CERT KEY CA] [--timeout S] send HOST PORT AET FILE...\n"
+            "       ctglip phantom --seed S --count N --out DIR [options]   (--help for options)\n"
+            "       ctglip volume [options] --out FILE.nii.gz DICOM-FILE-OR-DIR...\n"
+            "       ctglip view [options] --out FILE.png CT [LABELS]\n");
     return 2;
 }
 
@@ -266,6 +270,10 @@ static int cmd_send(char **argv, int nfiles)
 
 int main(int argc, char **argv)
 {
+    /* Offline tools take their own options. */
+    if (argc > 1 && !strcmp(argv[1], "phantom")) return ctg_phantom_main(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "view")) return ctg_view_main(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "volume")) return ctg_volume_main(argc - 1, argv + 1);
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (!strcmp(argv[i], "-c") && i + 1 < argc) {
