@@ -229,6 +229,7 @@ typedef struct dcm_ct_meta {
     const char *study_date, *study_time, *accession, *study_desc;
     const char *series_desc, *body_part;
     const char *patient_position; /* "HFS", "FFS", "HFP", "FFP" */
+    const char *image_type;       /* NULL: "ORIGINAL\\PRIMARY\\AXIAL" */
     int series_number;
     double slice_thickness;       /* mm; 0: the slice spacing */
     int pixel_signed;   /* 1: signed pixels, intercept 0;
