@@ -95,12 +95,18 @@ check-config: all
 
 # libFuzzer build of the fuzz targets (clang); run e.g.
 #   build/fuzz/fuzz_instance -max_total_time=60 build/fuzz/corpus
+#   build/fuzz/fuzz_series -max_total_time=60 build/fuzz/series-corpus
+# (CTG_FUZZ_CORPUS=DIR build/tests/runner unit/volume_fuzz_smoke writes a
+# seed corpus of intact series for the second.)
 fuzz: deps
 	@FUZZ_DEPS=1 sh scripts/deps.sh
 	@mkdir -p $(BUILD)/fuzz
 	clang++ -g -O1 -fsanitize=fuzzer,address -DCTG_LIBFUZZER -D_GNU_SOURCE -I. -x c \
 	    tests/fuzz/fuzz_instance.c cuda/nogpu.c -x none $(filter-out $(CUDA_OBJ),$(LIB_OBJ)) \
 	    -o $(BUILD)/fuzz/fuzz_instance $(LDLIBS_DCMTK) $(LDLIBS)
+	clang++ -g -O1 -fsanitize=fuzzer,address -DCTG_LIBFUZZER -D_GNU_SOURCE -I. -x c \
+	    tests/fuzz/fuzz_series.c cuda/nogpu.c -x none $(filter-out $(CUDA_OBJ),$(LIB_OBJ)) \
+	    -o $(BUILD)/fuzz/fuzz_series $(LDLIBS_DCMTK) $(LDLIBS)
 
 bench: bench-ingest
 

@@ -39,6 +39,9 @@
 #                        0: DCMTK's defaults everywhere (out-of-the-box peers).
 #   BENCH_REPEAT=3       runs of each case; the table shows the median
 #   BENCH_KEEP=1         keep the work folder (logs, configs, files).
+#   BENCH_PRELOAD=LIB    LD_PRELOAD for ctglipd only, for experiments (e.g. a
+#                        library whose fsync() returns at once shows what the
+#                        durable writes cost; never a number to report).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -206,7 +209,7 @@ workers = 0
 log_level = info
 shutdown_grace_seconds = 5
 CONF
-    "$B/ctglipd" -c "$d/ctglipd.conf" >> "$W/ctglipd.log" 2>&1 &
+    LD_PRELOAD=${BENCH_PRELOAD:-} "$B/ctglipd" -c "$d/ctglipd.conf" >> "$W/ctglipd.log" 2>&1 &
     SPID=$!; PIDS+=("$SPID")
     wait_echo ctglipd "$SPID" "$SAET" "$SPORT"
 }

@@ -91,12 +91,13 @@ int ctg_vol_resample(const ctg_vol *src, const double spacing[3], int interp,
 int ctg_vol_resample_to(const ctg_vol *src, const ctg_vol *grid, int interp,
                         double fill, ctg_vol **out);
 
-/* Reads a NIfTI-1/-2 file (.nii or .nii.gz) through libnifti, honouring the
+/* Reads a NIfTI-1 file (.nii or .nii.gz) through libniftiio, honouring the
  * sform (preferred when its code is set) or else the qform, and applying
  * scl_slope/scl_inter.  The result is converted to `dtype` (CTG_F32 for CT,
  * CTG_U8 for label maps: values outside 0..255 are an error) and left in
  * the file's voxel order (call ctg_vol_canonical to reorient).  Returns 0,
- * or CTG_EIO/CTG_EFORMAT with the reason in why. */
+ * or CTG_EIO / CTG_EFORMAT / CTG_EINVAL / CTG_ENOMEM with the reason in
+ * why. */
 int ctg_nifti_read(const char *path, int dtype, ctg_vol **out, char *why,
                    size_t n);
 /* Writes v as NIfTI-1 (.nii.gz compresses), sform and qform both set from

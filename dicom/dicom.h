@@ -182,10 +182,14 @@ typedef struct dcm_vol_info {
     int nseries;           /* series seen in the input */
     double slice_spacing;  /* mm between slice centres */
     int enhanced;          /* read from a multi-frame Enhanced CT object */
-    /* Where each canonical slice came from (k = 0..nslices-1): the SOP
+    /* Where each acquisition slice came from (0..nslices-1): the SOP
      * Instance UID and the 1-based frame number (1 for single-frame
-     * images); "" and 0 for a filled slice.  In the canonical k order of
-     * the returned volume; owned, freed by dcm_vol_info_free. */
+     * images); "" and 0 for a filled slice.  Listed in increasing order
+     * along the canonical axis the slice normal became: k for an axial
+     * series (the usual case), i or j for the coronal or sagittal series
+     * used when a study has no axial one.  Owned, freed by
+     * dcm_vol_info_free; NULL after a failure, when only nseries and
+     * skipped are set. */
     char (*slice_sop)[65];
     int *slice_frame;
     /* One line per series that was not chosen, with the reason
@@ -197,10 +201,13 @@ typedef struct dcm_vol_info {
  * (any order, any mix of series; non-image objects are skipped):
  *   - picks the primary series: CT or Enhanced CT, ORIGINAL\PRIMARY (no
  *     localizer, derived/secondary image or dose report), one orientation,
- *     axial-ish, the most slices; opts->series_uid overrides;
- *   - sorts slices by position along the slice normal, checks spacing
- *     (missing slices: reject or fill per opts; gantry tilt, i.e. positions
- *     not along the normal, or mixed orientation/size: reject);
+ *     axial first, then the most slices; opts->series_uid overrides;
+ *   - sorts slices by position along the slice normal (never by Instance
+ *     Number), checks spacing (missing slices: reject or fill per opts;
+ *     gantry tilt, i.e. slice positions stepping off the normal by more
+ *     than 0.5 degrees, or mixed orientation/size: reject).  A tilt that
+ *     the scanner folded into ImageOrientation leaves a rectangular grid
+ *     that the affine describes exactly and is accepted;
  *   - decodes uncompressed, JPEG lossless, JPEG-LS and RLE pixel data
  *     through DCMTK's codecs (JPEG 2000: rejected with a reason);
  *   - applies Rescale Slope/Intercept (per frame for Enhanced CT);
@@ -247,7 +254,9 @@ typedef struct dcm_ct_meta {
  * grid: i runs along a row (ImageOrientation's first vector = aff column
  * i), j down the columns, k is the slice index; ImagePositionPatient of
  * slice k = aff * (0,0,k).  HU values are rounded to the stored integer
- * representation.  Returns 0 or CTG_E* with the reason in why. */
+ * representation (NaN becomes air).  Study, series and frame of reference
+ * UIDs left NULL are generated ("2.25." + a random 128-bit number).
+ * Returns 0 or CTG_E* with the reason in why. */
 int dcm_write_ct_series(const char *dir, const ctg_vol *vol,
                         const dcm_ct_meta *meta, char *why, size_t n);
 

@@ -30,8 +30,9 @@
 #define UNIT_TIMEOUT 60
 #define SCRIPT_TIMEOUT 300
 
-static const test_case *const unit_tables[] = {store_tests, queue_tests, config_tests,
-                                                fuzz_tests};
+static const test_case *const unit_tables[] = {store_tests,  queue_tests,   config_tests,
+                                                fuzz_tests,   vol_tests,     volume_tests,
+                                                phantom_tests, ctvol_tests};
 
 typedef struct entry {
     char name[128];

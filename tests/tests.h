@@ -38,5 +38,9 @@ extern const test_case store_tests[];
 extern const test_case queue_tests[];
 extern const test_case config_tests[];
 extern const test_case fuzz_tests[];
+extern const test_case vol_tests[];     /* test_vol.c: geometry, resampling, NIfTI, view */
+extern const test_case volume_tests[];  /* test_volume.c: DICOM series <-> volume */
+extern const test_case phantom_tests[]; /* test_phantom.c: phantom generator */
+extern const test_case ctvol_tests[];   /* test_ctvol.c: fixtures and round trips end to end */
 
 #endif
