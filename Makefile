@@ -29,7 +29,7 @@ CFLAGS   += -std=gnu11 $(OPT) -g $(WARN) -Wstrict-prototypes -pthread
 CXXFLAGS += -std=c++17 $(OPT) -g $(WARN) -pthread
 LDLIBS_DCMTK := -ldcmtls -ldcmnet -ldcmjpls -ldcmtkcharls -ldcmjpeg -lijg8 -lijg12 -lijg16 \
                 -ldcmimgle -ldcmdata -loflog -lofstd -lssl -lcrypto
-LDLIBS   := -lniftiio -lznz -lpng -lz -luv -lsqlite3 -linih -lcjson -lsystemd -lssl -lcrypto -lpthread -lm
+LDLIBS   := -ldnnl -lniftiio -lznz -lpng -lz -luv -lsqlite3 -linih -lcjson -lsystemd -lssl -lcrypto -lpthread -lm
 LDFLAGS  += -pthread $(SANLD)
 
 ifneq ($(NVCC),)

@@ -234,6 +234,9 @@ typedef struct dcm_ct_meta {
     const char *patient_name, *patient_id, *patient_birth_date, *patient_sex;
     const char *study_uid, *series_uid, *frame_of_ref_uid;
     const char *study_date, *study_time, *accession, *study_desc;
+    /* Instance Creation Date/Time; NULL: the clock.  Given, two runs with
+     * the same input write identical files. */
+    const char *creation_date, *creation_time;
     const char *series_desc, *body_part;
     const char *patient_position; /* "HFS", "FFS", "HFP", "FFP" */
     const char *image_type;       /* NULL: "ORIGINAL\\PRIMARY\\AXIAL" */

@@ -922,6 +922,8 @@ int prepare(Ctx &c)
                             c.image_type.c_str());
     }
     now_strings(c.now_date, c.now_time);
+    if (m->creation_date && m->creation_date[0]) c.now_date = m->creation_date;
+    if (m->creation_time && m->creation_time[0]) c.now_time = m->creation_time;
     c.date = m->study_date && m->study_date[0] ? m->study_date : c.now_date;
     c.time = m->study_time && m->study_time[0] ? m->study_time : c.now_time;
     c.intercept = m->pixel_signed ? 0 : -1024;

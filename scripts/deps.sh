@@ -6,7 +6,7 @@ set -eu
 
 PKGS="g++ make pkg-config libdcmtk-dev dcmtk libuv1-dev libsqlite3-dev sqlite3
 libinih-dev libcjson-dev libsystemd-dev libssl-dev openssl curl procps iproute2 bc libgdcm-tools
-libnifti2-dev libpng-dev zlib1g-dev dicom3tools"
+libnifti2-dev libpng-dev zlib1g-dev dicom3tools libdnnl-dev"
 # Peers used only by benchmarks.
 [ "${BENCH_DEPS:-0}" = 1 ] && PKGS="$PKGS orthanc"
 # The libFuzzer build.

@@ -243,6 +243,8 @@ static int write_dicom(const ph_opts *o, const ph_case *c, const char *dir, char
     m.frame_of_ref_uid = c->frame_uid;
     m.study_date = date;
     m.study_time = time;
+    m.creation_date = date; /* not the clock: same seed, same bytes */
+    m.creation_time = time;
     m.accession = acc;
     m.study_desc = desc;
     m.series_desc = sdesc;

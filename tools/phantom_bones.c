@@ -422,7 +422,7 @@ static void paint_ribs(ph_scene *sc, rib_ends *ends)
     for (int k = 0; k < 2; k++) {
         double sx = k ? 1 : -1;
         for (int n = 1; n <= 12; n++) {
-            char vn[8], name[32];
+            char vn[16], name[32];
             snprintf(vn, sizeof vn, "T%d", n);
             const struct ph_vert *v = NULL;
             for (int i = 0; i < an->nvert; i++)
