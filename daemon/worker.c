@@ -6,9 +6,13 @@
  * the attempt limit).  While a job runs, a heartbeat renews its lease, so
  * only a worker that died loses its job to lease expiry.
  *
- * The job's work is ctg_job_process(): for now it verifies that every
- * instance the study's index rows name is on disk with the recorded size;
- * the inference pipeline will run from here.
+ * The job's work is ctg_job_process(): it verifies that every instance the
+ * study's index rows name is on disk with the recorded size, then builds
+ * the study's CT volume (primary series, Hounsfield units, canonical
+ * orientation) as inference will use it.  A study that cannot become a
+ * volume (no usable CT series, gantry tilt, missing slices, JPEG 2000)
+ * fails at once with the reason: retrying cannot help.  The model runs
+ * from here once it exists.
  *
  * Threading: one thread per worker; the pool's mutex/condvar carry wake-ups
  * and the stop flag.  The store handle is thread-safe.
@@ -52,6 +56,9 @@ typedef struct check_ctx {
     const char *spool;
     int files, missing;
     char first_missing[256];
+    char **paths; /* absolute paths of present files, for the volume */
+    int npaths, cap;
+    int nomem;
 } check_ctx;
 
 static int check_row(void *ud, int ncol, const char **names, const char **vals)
@@ -65,7 +72,23 @@ static int check_row(void *ud, int ncol, const char **names, const char **vals)
     c->files++;
     if (stat(path, &sb) != 0 || (long long)sb.st_size != atoll(vals[1])) {
         if (!c->missing++) snprintf(c->first_missing, sizeof c->first_missing, "%s", vals[0]);
+        return 0;
     }
+    if (c->npaths == c->cap) {
+        int cap = c->cap ? 2 * c->cap : 256;
+        char **p = realloc(c->paths, (size_t)cap * sizeof *p);
+        if (!p) {
+            c->nomem = 1;
+            return 0;
+        }
+        c->paths = p;
+        c->cap = cap;
+    }
+    if (!(c->paths[c->npaths] = strdup(path))) {
+        c->nomem = 1;
+        return 0;
+    }
+    c->npaths++;
     return 0;
 }
 
@@ -74,21 +97,48 @@ int ctg_job_process(st_store *st, const st_job *job, char *why, size_t n)
     check_ctx c;
     memset(&c, 0, sizeof c);
     c.spool = st_spool_dir(st);
+    ctg_vol *vol = NULL;
+    dcm_vol_info info;
+    memset(&info, 0, sizeof info);
     int r = st_study_files(st, job->study_uid, check_row, &c);
     if (r < 0) {
         snprintf(why, n, "index query failed");
-        return r;
+        goto done;
+    }
+    if (c.nomem) {
+        snprintf(why, n, "out of memory listing the study's files");
+        r = CTG_ENOMEM;
+        goto done;
     }
     if (c.files == 0) {
         snprintf(why, n, "study has no instances");
-        return CTG_ENOTFOUND;
+        r = CTG_ENOTFOUND;
+        goto done;
     }
     if (c.missing) {
         snprintf(why, n, "%d of %d spool file(s) missing or changed, e.g. %s", c.missing,
                  c.files, c.first_missing);
-        return CTG_EIO;
+        r = CTG_EIO;
+        goto done;
     }
-    return 0;
+    dcm_vol_opts opts = {0};
+    double t0 = ctg_mono();
+    if ((r = dcm_series_volume((const char *const *)c.paths, (size_t)c.npaths, &opts, &vol,
+                               &info, why, n)) < 0)
+        goto done;
+    double sp[3];
+    ctg_vol_spacing(vol, sp);
+    log_info("job %lld: volume from series %s (%d slices%s): %dx%dx%d of %.3gx%.3gx%.3g mm "
+             "in %.2f s", (long long)job->id, info.series_uid, info.nslices,
+             info.enhanced ? ", Enhanced CT" : "", vol->nx, vol->ny, vol->nz, sp[0], sp[1],
+             sp[2], ctg_mono() - t0);
+    if (info.skipped[0]) log_info("job %lld: not used: %s", (long long)job->id, info.skipped);
+done:
+    ctg_vol_free(vol);
+    dcm_vol_info_free(&info);
+    for (int i = 0; i < c.npaths; i++) free(c.paths[i]);
+    free(c.paths);
+    return r;
 }
 
 /* ---- the threads ------------------------------------------------------------- */
@@ -133,7 +183,11 @@ static void *worker_main(void *arg)
                              ctg_mono() - t0);
             } else {
                 int final = 0;
-                int d = st_job_fail(w->st, job.id, owner, why, now, &w->pol, &final);
+                /* Bad input fails for good at once; other errors (disk,
+                 * memory) may pass and are retried with back-off. */
+                st_retry_policy pol = w->pol;
+                if (r == CTG_EREJECT || r == CTG_EFORMAT) pol.max_attempts = 0;
+                int d = st_job_fail(w->st, job.id, owner, why, now, &pol, &final);
                 if (d < 0)
                     log_warn("worker %s: job %lld failed (%s) but %s", owner,
                              (long long)job.id, why, ctg_strerror(d));
