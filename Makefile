@@ -25,11 +25,11 @@ endif
 
 WARN     := -Wall -Wextra -Wshadow
 CPPFLAGS += -D_GNU_SOURCE -I. -I/usr/include/nifti -MMD -MP -DHAVE_SYSTEMD=1
-CFLAGS   += -std=gnu11 $(OPT) -g $(WARN) -Wstrict-prototypes -pthread
+CFLAGS   += -std=gnu11 $(OPT) -g $(WARN) -Wstrict-prototypes -pthread -fopenmp
 CXXFLAGS += -std=c++17 $(OPT) -g $(WARN) -pthread
 LDLIBS_DCMTK := -ldcmtls -ldcmnet -ldcmjpls -ldcmtkcharls -ldcmjpeg -lijg8 -lijg12 -lijg16 \
                 -ldcmimgle -ldcmdata -loflog -lofstd -lssl -lcrypto
-LDLIBS   := -ldnnl -lniftiio -lznz -lpng -lz -luv -lsqlite3 -linih -lcjson -lsystemd -lssl -lcrypto -lpthread -lm
+LDLIBS   := -ldnnl -lgomp -lniftiio -lznz -lpng -lz -luv -lsqlite3 -linih -lcjson -lsystemd -lssl -lcrypto -lpthread -lm
 LDFLAGS  += -pthread $(SANLD)
 
 ifneq ($(NVCC),)
@@ -55,7 +55,7 @@ DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
 
 BINS := $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/tests/runner
 
-.PHONY: all test run bench bench-ingest clean deps check-config install fuzz
+.PHONY: all test run bench bench-ingest bench-conv clean deps check-config install fuzz
 all: $(BINS)
 
 $(BUILD)/ctglipd: $(call obj,daemon/main.c) $(DAEMON_OBJ) $(LIB_OBJ)
@@ -108,7 +108,14 @@ fuzz: deps
 	    tests/fuzz/fuzz_series.c cuda/nogpu.c -x none $(filter-out $(CUDA_OBJ),$(LIB_OBJ)) \
 	    -o $(BUILD)/fuzz/fuzz_series $(LDLIBS_DCMTK) $(LDLIBS)
 
-bench: bench-ingest
+bench: bench-ingest bench-conv
+
+# conv3d GFLOP/s per layer and pass next to the measured FMA peak.
+$(BUILD)/bench/conv: $(call obj,bench/conv.c $(CORE_SRC)) $(CUDA_OBJ)
+	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
+
+bench-conv: deps $(BUILD)/bench/conv
+	$(BUILD)/bench/conv
 
 bench-ingest: deps all
 	@BENCH_DEPS=1 sh scripts/deps.sh

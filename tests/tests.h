@@ -42,5 +42,6 @@ extern const test_case vol_tests[];     /* test_vol.c: geometry, resampling, NIf
 extern const test_case volume_tests[];  /* test_volume.c: DICOM series <-> volume */
 extern const test_case phantom_tests[]; /* test_phantom.c: phantom generator */
 extern const test_case ctvol_tests[];   /* test_ctvol.c: fixtures and round trips end to end */
+extern const test_case ops_tests[];     /* test_ops.c: tensor ops, gradients, optimizer */
 
 #endif
