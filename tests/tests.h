@@ -43,5 +43,6 @@ extern const test_case volume_tests[];  /* test_volume.c: DICOM series <-> volum
 extern const test_case phantom_tests[]; /* test_phantom.c: phantom generator */
 extern const test_case ctvol_tests[];   /* test_ctvol.c: fixtures and round trips end to end */
 extern const test_case ops_tests[];     /* test_ops.c: tensor ops, gradients, optimizer */
+extern const test_case text_tests[];    /* test_text.c: text encoders, metrics */
 
 #endif
