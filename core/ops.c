@@ -17,18 +17,7 @@
 #include <math.h>
 #include <string.h>
 
-#define OP__STR(x) #x
-#ifdef _OPENMP
-#define OP__PRAGMA(x) _Pragma(OP__STR(x))
-#else
-#define OP__PRAGMA(x)
-#endif
-/* Parallel loop when the work is worth waking the thread team. */
-#define PAR_FOR(cond) OP__PRAGMA(omp parallel for schedule(static) if (cond))
-#define SIMD_SUM(v) OP__PRAGMA(omp simd reduction(+ : v))
-
-/* Below this many elements a loop stays on the calling thread. */
-#define PAR_MIN 32768
+#include "core/ops_int.h"
 
 /* ---- blocked sums ------------------------------------------------------------ */
 

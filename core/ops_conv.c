@@ -37,13 +37,7 @@
 #include <omp.h>
 #endif
 
-#define OP__STR(x) #x
-#ifdef _OPENMP
-#define OP__PRAGMA(x) _Pragma(OP__STR(x))
-#else
-#define OP__PRAGMA(x)
-#endif
-#define PAR_FOR(cond) OP__PRAGMA(omp parallel for schedule(static) if (cond))
+#include "core/ops_int.h"
 
 /* ---- threads ------------------------------------------------------------- */
 

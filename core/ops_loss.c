@@ -21,15 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define OP__STR(x) #x
-#ifdef _OPENMP
-#define OP__PRAGMA(x) _Pragma(OP__STR(x))
-#else
-#define OP__PRAGMA(x)
-#endif
-#define PAR_FOR(cond) OP__PRAGMA(omp parallel for schedule(static) if (cond))
-#define SIMD_SUM(v) OP__PRAGMA(omp simd reduction(+ : v))
-#define PAR_MIN 32768
+#include "core/ops_int.h"
 
 #define CHUNK 256
 

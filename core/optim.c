@@ -11,14 +11,7 @@
 
 #include <math.h>
 
-#define OP__STR(x) #x
-#ifdef _OPENMP
-#define OP__PRAGMA(x) _Pragma(OP__STR(x))
-#else
-#define OP__PRAGMA(x)
-#endif
-#define PAR_FOR(cond) OP__PRAGMA(omp parallel for schedule(static) if (cond))
-#define PAR_MIN 32768
+#include "core/ops_int.h"
 
 op_adamw_cfg op_adamw_defaults(void)
 {
