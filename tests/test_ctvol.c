@@ -138,27 +138,15 @@ static int test_fixture_dicom_matches_label_map(void)
 }
 
 
-/* Runs `ctglip phantom` in-process with the given options (NULL-ended). */
+/* One phantom study in the given position and syntax (the flags that do
+ * not apply are replaced by a repeated --nifti, which is harmless). */
 static int phantom(const char *out, const char *position, const char *ts, int enhanced,
                    int is_unsigned)
 {
-    char *argv[32];
-    int n = 0;
-    argv[n++] = "phantom";
-    const char *fixed[] = {"--quiet", "--seed", "5", "--count", "1", "--matrix", "64",
-                           "--thickness", "6", "--fov", "abdomen", "--abnormal-rate", "1",
-                           "--nifti"};
-    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) argv[n++] = (char *)fixed[i];
-    argv[n++] = "--position";
-    argv[n++] = (char *)position;
-    argv[n++] = "--ts";
-    argv[n++] = (char *)ts;
-    if (enhanced) argv[n++] = "--enhanced";
-    if (is_unsigned) argv[n++] = "--unsigned";
-    argv[n++] = "--out";
-    argv[n++] = (char *)out;
-    argv[n] = NULL;
-    return ctg_phantom_main(n, argv);
+    return tu_phantom("--seed", "5", "--count", "1", "--matrix", "64", "--thickness", "6",
+                      "--fov", "abdomen", "--abnormal-rate", "1", "--nifti", "--position",
+                      position, "--ts", ts, enhanced ? "--enhanced" : "--nifti",
+                      is_unsigned ? "--unsigned" : "--nifti", "--out", out, NULL);
 }
 
 /* (c) Phantom round trip: for every patient position and transfer syntax

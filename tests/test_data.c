@@ -35,20 +35,6 @@ static int write_text(const char *path, const char *text)
     return fclose(f) == 0 && ok ? 0 : -1;
 }
 
-/* Runs `ctglip phantom` in-process (NULL-ended arguments). */
-static int phantom(const char *first, ...)
-{
-    char *argv[64];
-    int argc = 0;
-    argv[argc++] = (char *)"phantom";
-    va_list ap;
-    va_start(ap, first);
-    for (const char *a = first; a && argc < 62; a = va_arg(ap, const char *)) argv[argc++] = (char *)a;
-    va_end(ap);
-    argv[argc++] = (char *)"--quiet";
-    argv[argc] = NULL;
-    return ctg_phantom_main(argc, argv);
-}
 
 /* A volume with spacing sp (mm) and its first voxel centre at origin, axes
  * along LPS; the canonical orientation, so loading keeps the voxel order. */
@@ -219,7 +205,7 @@ static int test_manifest(void)
  * same volume on the training grid; labels and findings come along. */
 static int test_dicom_nifti_same(void)
 {
-    CHECK_EQ_INT(phantom("--seed", "5", "--count", "1", "--out", "p", "--matrix", "48",
+    CHECK_EQ_INT(tu_phantom("--seed", "5", "--count", "1", "--out", "p", "--matrix", "48",
                          "--thickness", "8", "--fov", "abdomen", "--nifti", "--abnormal",
                          "renal_cyst,hepatic_cyst", NULL),
                  0);

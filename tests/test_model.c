@@ -32,24 +32,7 @@
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static uint64_t rng_state = 0x243f6a8885a308d3ull;
 
-static double urand(void) /* [0, 1) */
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (double)(z >> 11) / 9007199254740992.0;
-}
-
-static float *frand(size_t n, float lo, float hi)
-{
-    float *x = malloc((n ? n : 1) * sizeof *x);
-    if (!x) abort();
-    for (size_t i = 0; i < n; i++) x[i] = (float)(lo + (hi - lo) * urand());
-    return x;
-}
 
 static const int k_ids[3] = {5, 1, 2}; /* liver, spleen, kidney_right */
 
@@ -83,7 +66,7 @@ static uint8_t *labels_rand(int n, size_t s, int k1)
     uint8_t *l = malloc((size_t)n * s);
     if (!l) abort();
     for (size_t i = 0; i < (size_t)n * s; i++)
-        l[i] = (i % s) < (size_t)k1 ? (uint8_t)(i % s) : (uint8_t)(urand() * k1);
+        l[i] = (i % s) < (size_t)k1 ? (uint8_t)(i % s) : (uint8_t)(tu_urand() * k1);
     return l;
 }
 
@@ -112,9 +95,9 @@ static int test_gradcheck(void)
     mdl_acts *a = NULL;
     CHECK_EQ_INT(mdl_acts_new(m, n, d, d, d, &a), 0);
     size_t s = a->s, nl = (size_t)n * a->k1 * s, ne = (size_t)n * a->k1 * m->cfg.embed_dim;
-    float *x = frand((size_t)n * s, -900, 900);
+    float *x = tu_frand((size_t)n * s, -900, 900);
     uint8_t *lab = labels_rand(n, s, a->k1);
-    float *w1 = frand(nl, -1, 1), *w2 = frand(ne, -1, 1);
+    float *w1 = tu_frand(nl, -1, 1), *w2 = tu_frand(ne, -1, 1);
 
     double l0;
     CHECK_EQ_INT(probe_loss(m, a, x, lab, w1, w2, &l0), 0);
@@ -151,7 +134,7 @@ static int test_gradcheck(void)
         for (size_t i = 0; i < T->count; i++)
             if (fabs(m->grads[T->off + i]) > scale) scale = fabs(m->grads[T->off + i]);
         for (int j = 0; j < 6; j++) {
-            size_t i = T->off + (size_t)(urand() * T->count);
+            size_t i = T->off + (size_t)(tu_urand() * T->count);
             float keep = m->params[i];
             double lp, lm;
             m->params[i] = keep + h;
@@ -194,7 +177,7 @@ static int test_gradcheck(void)
 
     /* The text projection. */
     int rows = 3, T = m->cfg.text_dim, E = m->cfg.embed_dim;
-    float *tin = frand((size_t)rows * T, -1, 1), *tw = frand((size_t)rows * E, -1, 1);
+    float *tin = tu_frand((size_t)rows * T, -1, 1), *tw = tu_frand((size_t)rows * E, -1, 1);
     float *tout = calloc((size_t)rows * E, sizeof(float)), norm[3];
     CHECK_EQ_INT(mdl_text_forward(m, tout, norm, tin, rows), 0);
     CHECK_EQ_INT(mdl_text_backward(m, tw, tout, norm, tin, rows), 0);
@@ -257,7 +240,7 @@ static int test_seg_loss_grad(void)
     CHECK(m);
     mdl_acts *a = NULL;
     CHECK_EQ_INT(mdl_acts_new(m, 1, 8, 8, 8, &a), 0);
-    float *x = frand(a->s, -900, 900);
+    float *x = tu_frand(a->s, -900, 900);
     uint8_t *lab = labels_rand(1, a->s, a->k1);
     lab[17] = MDL_IGNORE;
     CHECK_EQ_INT(mdl_forward(m, a, x, lab), 0);
@@ -270,7 +253,7 @@ static int test_seg_loss_grad(void)
     const float h = 1e-2f;
     double maxerr = 0, maxnum = 0;
     for (int j = 0; j < 40; j++) {
-        size_t i = (size_t)(urand() * nl);
+        size_t i = (size_t)(tu_urand() * nl);
         if (j == 0) i = 17; /* the ignored voxel: gradient 0 */
         float keep = a->logits[i];
         float cp, dp, cm, dm;
@@ -401,7 +384,7 @@ static int test_save_load(void)
     mdl_acts *am = NULL, *al = NULL;
     CHECK_EQ_INT(mdl_acts_new(m, 1, 8, 8, 8, &am), 0);
     CHECK_EQ_INT(mdl_acts_new(l, 1, 8, 8, 8, &al), 0);
-    float *x = frand(am->s, -1000, 1000);
+    float *x = tu_frand(am->s, -1000, 1000);
     CHECK_EQ_INT(mdl_forward(m, am, x, NULL), 0);
     CHECK_EQ_INT(mdl_forward(l, al, x, NULL), 0);
     CHECK(memcmp(am->logits, al->logits, am->k1 * am->s * sizeof(float)) == 0);
@@ -461,7 +444,7 @@ static ctg_vol *vol_rand(int nx, int ny, int nz)
     ctg_vol *v = ctg_vol_new(nx, ny, nz, CTG_F32);
     if (!v) abort();
     float *p = v->data;
-    for (size_t i = 0; i < ctg_vol_count(v); i++) p[i] = (float)(-1000 + 2000 * urand());
+    for (size_t i = 0; i < ctg_vol_count(v); i++) p[i] = (float)(-1000 + 2000 * tu_urand());
     v->aff[0][0] = 1.5;
     v->aff[2][3] = -40;
     return v;
@@ -630,7 +613,7 @@ static int test_overfit(void)
                 double d1 = (z - 5) * (z - 5) + (y - 5) * (y - 5) + (xx - 5) * (xx - 5);
                 double d2 = (z - 10) * (z - 10) + (y - 11) * (y - 11) + (xx - 10) * (xx - 10);
                 lab[i] = d1 < 12 ? 1 : d2 < 9 ? 2 : 0;
-                x[i] = (float)((lab[i] == 1 ? 150 : lab[i] == 2 ? -200 : 30) + 40 * (urand() - 0.5));
+                x[i] = (float)((lab[i] == 1 ? 150 : lab[i] == 2 ? -200 : 30) + 40 * (tu_urand() - 0.5));
             }
     op_adamw_cfg opt = op_adamw_defaults();
     opt.lr = 3e-3f;

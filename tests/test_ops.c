@@ -26,24 +26,7 @@
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
-static double urand(void) /* [0, 1) */
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return (double)(z >> 11) / 9007199254740992.0;
-}
-
-static float *frand(size_t n, float lo, float hi)
-{
-    float *x = malloc((n ? n : 1) * sizeof *x);
-    if (!x) abort();
-    for (size_t i = 0; i < n; i++) x[i] = (float)(lo + (hi - lo) * urand());
-    return x;
-}
 
 static float *fzero(size_t n)
 {
@@ -188,8 +171,8 @@ static int test_conv_forward_vs_ref(void)
     for (int t = 0; t < nc; t++) {
         const op_conv_geom *g = &gs[t];
         size_t ni = op_conv_in_count(g), no = op_conv_out_count(g), nw = op_conv_weight_count(g);
-        float *in = frand(ni, -1, 1), *w = frand(nw, -1, 1), *b = frand((size_t)g->cout, -1, 1);
-        float *o1 = frand(no, -5, 5), *o2 = fzero(no); /* fast must overwrite */
+        float *in = tu_frand(ni, -1, 1), *w = tu_frand(nw, -1, 1), *b = tu_frand((size_t)g->cout, -1, 1);
+        float *o1 = tu_frand(no, -5, 5), *o2 = fzero(no); /* fast must overwrite */
         op_conv *p = NULL;
         CHECK_EQ_INT(op_conv_new(c, g, &p), 0);
         CHECK_EQ_INT(op_conv3d_forward_cpu(p, o1, in, w, b), 0);
@@ -220,9 +203,9 @@ static int test_conv_backward_vs_ref(void)
         const op_conv_geom *g = &gs[t];
         size_t ni = op_conv_in_count(g), no = op_conv_out_count(g), nw = op_conv_weight_count(g);
         size_t nb = (size_t)g->cout;
-        float *in = frand(ni, -1, 1), *w = frand(nw, -1, 1), *dout = frand(no, -1, 1);
+        float *in = tu_frand(ni, -1, 1), *w = tu_frand(nw, -1, 1), *dout = tu_frand(no, -1, 1);
         /* Start the gradients from the same non-zero values: backward adds. */
-        float *di1 = frand(ni, -1, 1), *dw1 = frand(nw, -1, 1), *db1 = frand(nb, -1, 1);
+        float *di1 = tu_frand(ni, -1, 1), *dw1 = tu_frand(nw, -1, 1), *db1 = tu_frand(nb, -1, 1);
         float *di2 = fcopy(di1, ni), *dw2 = fcopy(dw1, nw), *db2 = fcopy(db1, nb);
         op_conv *p = NULL;
         CHECK_EQ_INT(op_conv_new(c, g, &p), 0);
@@ -282,8 +265,8 @@ static int test_conv_gradcheck(void)
         const op_conv_geom *g = &gs[t];
         size_t ni = op_conv_in_count(g), no = op_conv_out_count(g), nw = op_conv_weight_count(g);
         size_t nb = (size_t)g->cout;
-        conv_ud u = {NULL, g, frand(ni, -1, 1), frand(nw, -1, 1), frand(nb, -1, 1), fzero(no),
-                     frand(no, -1, 1), 0};
+        conv_ud u = {NULL, g, tu_frand(ni, -1, 1), tu_frand(nw, -1, 1), tu_frand(nb, -1, 1), fzero(no),
+                     tu_frand(no, -1, 1), 0};
         CHECK_EQ_INT(op_conv_new(c, g, &u.p), 0);
         char name[96];
         geom_name(g, name, sizeof name);
@@ -344,9 +327,9 @@ static double ew_loss(void *ud)
 /* Values kept away from 0 so that +-h never crosses the (Leaky)ReLU kink. */
 static float *away_from_zero(size_t n)
 {
-    float *x = frand(n, 0.05f, 1.0f);
+    float *x = tu_frand(n, 0.05f, 1.0f);
     for (size_t i = 0; i < n; i++)
-        if (urand() < 0.5) x[i] = -x[i];
+        if (tu_urand() < 0.5) x[i] = -x[i];
     return x;
 }
 
@@ -357,8 +340,8 @@ static int test_elementwise_gradcheck(void)
         ew_ud u = {.op = op, .n = 301};
         u.a = away_from_zero(u.n);
         u.out = fzero(u.n);
-        u.r = frand(u.n, -1, 1);
-        float *da = frand(u.n, -1, 1), *da0 = fcopy(da, u.n);
+        u.r = tu_frand(u.n, -1, 1);
+        float *da = tu_frand(u.n, -1, 1), *da0 = fcopy(da, u.n);
         if (op == 0)
             op_lrelu_backward_cpu(da, u.r, u.a, u.n, 0.01f);
         else
@@ -378,10 +361,10 @@ static int test_elementwise_gradcheck(void)
     /* Residual add. */
     {
         ew_ud u = {.op = 2, .n = 77};
-        u.a = frand(u.n, -1, 1);
-        u.b = frand(u.n, -1, 1);
+        u.a = tu_frand(u.n, -1, 1);
+        u.b = tu_frand(u.n, -1, 1);
         u.out = fzero(u.n);
-        u.r = frand(u.n, -1, 1);
+        u.r = tu_frand(u.n, -1, 1);
         float *da = fzero(u.n), *db = fzero(u.n);
         op_add_backward_cpu(da, db, u.r, u.n);
         CHECK(gradcheck("add a", u.a, u.n, da, 1e-2f, ew_loss, &u) == 0);
@@ -392,10 +375,10 @@ static int test_elementwise_gradcheck(void)
     {
         ew_ud u = {.op = 3, .nn = 2, .ca = 3, .cb = 2, .s = 7};
         size_t na = 2 * 3 * 7, nb = 2 * 2 * 7;
-        u.a = frand(na, -1, 1);
-        u.b = frand(nb, -1, 1);
+        u.a = tu_frand(na, -1, 1);
+        u.b = tu_frand(nb, -1, 1);
         u.out = fzero(ew_out_count(&u));
-        u.r = frand(ew_out_count(&u), -1, 1);
+        u.r = tu_frand(ew_out_count(&u), -1, 1);
         ew_loss(&u);
         CHECK(u.out[0] == u.a[0] && u.out[3 * 7] == u.b[0] && u.out[5 * 7] == u.a[3 * 7]);
         float *da = fzero(na), *db = fzero(nb);
@@ -408,9 +391,9 @@ static int test_elementwise_gradcheck(void)
     {
         ew_ud u = {.op = 4, .n = 3, .d = 2, .h = 3, .w = 5};
         size_t ni = 3 * 2 * 3 * 5, no = ew_out_count(&u);
-        u.a = frand(ni, -1, 1);
+        u.a = tu_frand(ni, -1, 1);
         u.out = fzero(no);
-        u.r = frand(no, -1, 1);
+        u.r = tu_frand(no, -1, 1);
         ew_loss(&u);
         /* out[p=1][z=3][y=5][x=9] comes from in[1][1][2][4]. */
         CHECK(u.out[((1 * 4 + 3) * 6 + 5) * 10 + 9] == u.a[((1 * 2 + 1) * 3 + 2) * 5 + 4]);
@@ -441,15 +424,15 @@ static int test_inorm(void)
 {
     in_ud u = {.n = 2, .c = 3, .s = 4 * 3 * 5};
     size_t nx = (size_t)u.n * u.c * u.s;
-    u.x = frand(nx, -2, 2);
+    u.x = tu_frand(nx, -2, 2);
     /* An offset like CT's Hounsfield scale: catches one-pass variance. */
     for (size_t i = 0; i < u.s; i++) u.x[i] += 1000.0f;
-    u.gamma = frand(3, 0.5f, 1.5f);
-    u.beta = frand(3, -1, 1);
+    u.gamma = tu_frand(3, 0.5f, 1.5f);
+    u.beta = tu_frand(3, -1, 1);
     u.out = fzero(nx);
     u.mean = fzero(6);
     u.rstd = fzero(6);
-    u.r = frand(nx, -1, 1);
+    u.r = tu_frand(nx, -1, 1);
     float *o2 = fzero(nx), *m2 = fzero(6), *r2 = fzero(6);
     inorm_loss(&u);
     op_inorm_forward_ref(o2, m2, r2, u.x, u.gamma, u.beta, u.n, u.c, u.s);
@@ -509,11 +492,11 @@ static int test_linear(void)
 {
     lin_ud u = {.rows = 5, .cin = 7, .cout = 4};
     size_t nx = 35, nw = 28, no = 20;
-    u.x = frand(nx, -1, 1);
-    u.w = frand(nw, -1, 1);
-    u.b = frand(4, -1, 1);
+    u.x = tu_frand(nx, -1, 1);
+    u.w = tu_frand(nw, -1, 1);
+    u.b = tu_frand(4, -1, 1);
     u.out = fzero(no);
-    u.r = frand(no, -1, 1);
+    u.r = tu_frand(no, -1, 1);
     float *o2 = fzero(no);
     linear_loss(&u);
     op_linear_forward_ref(o2, u.x, u.w, u.b, 5, 7, 4);
@@ -542,9 +525,9 @@ static int test_l2norm(void)
 {
     lin_ud u = {.rows = 4, .cin = 6};
     size_t n = 24;
-    u.x = frand(n, -1, 1);
+    u.x = tu_frand(n, -1, 1);
     u.out = fzero(n);
-    u.r = frand(n, -1, 1);
+    u.r = tu_frand(n, -1, 1);
     u.norm = fzero(4);
     l2_loss(&u);
     for (int r = 0; r < 4; r++) {
@@ -618,10 +601,10 @@ static int test_ce_vs_ref_and_grad(void)
 {
     seg_ud u = {.n = 2, .k = 4, .s = 37, .ignore = 3};
     size_t nl = (size_t)u.n * u.k * u.s, nv = (size_t)u.n * u.s;
-    u.logits = frand(nl, -3, 3);
+    u.logits = tu_frand(nl, -3, 3);
     u.prob = fzero(nl);
     u.label = malloc(nv);
-    for (size_t v = 0; v < nv; v++) u.label[v] = (uint8_t)(urand() * 4.2); /* 4: out of range */
+    for (size_t v = 0; v < nv; v++) u.label[v] = (uint8_t)(tu_urand() * 4.2); /* 4: out of range */
     float cw[4] = {0.5f, 1.0f, 2.0f, 1.5f};
     u.cw = cw;
     float l1, l2, *p2 = fzero(nl);
@@ -673,10 +656,10 @@ static int test_dice_vs_ref_and_grad(void)
 {
     seg_ud u = {.n = 2, .k = 4, .s = 29, .ignore = 200, .first = 1};
     size_t nl = (size_t)u.n * u.k * u.s, nv = (size_t)u.n * u.s;
-    u.logits = frand(nl, -2, 2);
+    u.logits = tu_frand(nl, -2, 2);
     u.prob = fzero(nl);
     u.label = malloc(nv);
-    for (size_t v = 0; v < nv; v++) u.label[v] = (uint8_t)(urand() * 3); /* class 3 absent */
+    for (size_t v = 0; v < nv; v++) u.label[v] = (uint8_t)(tu_urand() * 3); /* class 3 absent */
     u.label[5] = 200;
     op_softmax_forward_cpu(u.prob, u.logits, u.n, u.k, u.s);
     float l1, l2;
@@ -755,12 +738,12 @@ static int test_mpool(void)
     /* Random case: fast vs reference, and finite differences. */
     mp_ud u = {.k = 5, .c = 3, .s = 6 * 5 * 4};
     size_t nf = (size_t)u.c * u.s;
-    u.feat = frand(nf, -1, 1);
+    u.feat = tu_frand(nf, -1, 1);
     u.out = fzero((size_t)u.k * u.c);
-    u.r = frand((size_t)u.k * u.c, -1, 1);
+    u.r = tu_frand((size_t)u.k * u.c, -1, 1);
     u.count = calloc((size_t)u.k, sizeof *u.count);
     u.label = malloc(u.s);
-    for (size_t v = 0; v < u.s; v++) u.label[v] = (uint8_t)(urand() * 6); /* 5: skipped */
+    for (size_t v = 0; v < u.s; v++) u.label[v] = (uint8_t)(tu_urand() * 6); /* 5: skipped */
     for (size_t v = 0; v < u.s; v++)
         if (u.label[v] == 3) u.label[v] = 0; /* label 3 absent */
     float *o2 = fzero((size_t)u.k * u.c);
@@ -848,8 +831,8 @@ static int test_infonce_grad_and_mask(void)
     /* 4 query rows, 7 columns (4 paired + 3 extra negatives), row 2
      * skipped, two false negatives masked. */
     nce_ud u = {.r = 4, .m = 7, .e = 5, .tau = 0.07f};
-    u.a = frand(20, -1, 1);
-    u.b = frand(35, -1, 1);
+    u.a = tu_frand(20, -1, 1);
+    u.b = tu_frand(35, -1, 1);
     normalise_rows(u.a, 4, 5);
     normalise_rows(u.b, 7, 5);
     u.prob = fzero(28);
@@ -971,14 +954,14 @@ static int test_threads_deterministic(void)
     int n = 2, c = 4, k = 5;
     size_t s = 33 * 17 * 9;
     size_t nx = (size_t)n * c * s;
-    float *x = frand(nx, -1, 1), *g = frand(nx, -1, 1), *ga = frand(4, 0.5f, 1.5f),
-          *be = frand(4, -1, 1);
+    float *x = tu_frand(nx, -1, 1), *g = tu_frand(nx, -1, 1), *ga = tu_frand(4, 0.5f, 1.5f),
+          *be = tu_frand(4, -1, 1);
     uint8_t *lab = malloc((size_t)n * s);
-    for (size_t v = 0; v < (size_t)n * s; v++) lab[v] = (uint8_t)(urand() * k);
+    for (size_t v = 0; v < (size_t)n * s; v++) lab[v] = (uint8_t)(tu_urand() * k);
     float *out[2], *dx[2], *dg[2], *prob[2], loss[2], *co[2];
     op_conv_geom cg = op_conv_geom_make(1, 4, 16, 17, 18, 19, 3, 1);
     size_t cn = op_conv_out_count(&cg);
-    float *w = frand(op_conv_weight_count(&cg), -1, 1);
+    float *w = tu_frand(op_conv_weight_count(&cg), -1, 1);
     for (int t = 0; t < 2; t++) {
         op_set_threads(t + 1);
         CHECK_EQ_INT(op_get_threads() >= 1, 1);

@@ -27,46 +27,12 @@
 
 /* ---- helpers -------------------------------------------------------------------- */
 
-/* Runs `ctglip phantom` in-process with the given arguments (NULL-ended). */
-static int phantom(const char *first, ...)
-{
-    char *argv[64];
-    int argc = 0;
-    argv[argc++] = (char *)"phantom";
-    va_list ap;
-    va_start(ap, first);
-    for (const char *a = first; a && argc < 62; a = va_arg(ap, const char *)) argv[argc++] = (char *)a;
-    va_end(ap);
-    argv[argc++] = (char *)"--quiet";
-    argv[argc] = NULL;
-    return ctg_phantom_main(argc, argv);
-}
 
-/* The whole file, NUL-terminated; *len receives its size.  NULL on error. */
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (b) {
-        b[n] = 0;
-        if (len) *len = (size_t)n;
-    }
-    return b;
-}
 
 static int same_file(const char *a, const char *b)
 {
     size_t la, lb;
-    char *x = slurp(a, &la), *y = slurp(b, &lb);
+    char *x = tu_slurp(a, &la), *y = tu_slurp(b, &lb);
     int same = x && y && la == lb && memcmp(x, y, la) == 0;
     free(x);
     free(y);
@@ -77,7 +43,7 @@ static int same_file(const char *a, const char *b)
 static int same_dicom(const char *a, const char *b)
 {
     size_t la, lb;
-    char *x = slurp(a, &la), *y = slurp(b, &lb);
+    char *x = tu_slurp(a, &la), *y = tu_slurp(b, &lb);
     int same = x && y && la == lb && la > 200 && memcmp(x, y, la) == 0;
     free(x);
     free(y);
@@ -86,7 +52,7 @@ static int same_dicom(const char *a, const char *b)
 
 static cJSON *read_json(const char *path)
 {
-    char *s = slurp(path, NULL);
+    char *s = tu_slurp(path, NULL);
     if (!s) return NULL;
     cJSON *j = cJSON_Parse(s);
     free(s);
@@ -149,10 +115,10 @@ static int test_deterministic(void)
 {
     const char *common[] = {"--matrix", "64", "--thickness", "6", "--fov", "cap", "--abnormal-rate", "1", "--nifti"};
 #define COMMON common[0], common[1], common[2], common[3], common[4], common[5], common[6], common[7], common[8]
-    CHECK_EQ_INT(phantom("--seed", "11", "--count", "2", "--out", "a", COMMON, NULL), 0);
-    CHECK_EQ_INT(phantom("--seed", "11", "--count", "2", "--out", "b", "--threads", "2", COMMON, NULL), 0);
-    CHECK_EQ_INT(phantom("--seed", "11", "--count", "1", "--start", "1", "--out", "c", COMMON, NULL), 0);
-    CHECK_EQ_INT(phantom("--seed", "12", "--count", "2", "--out", "d", COMMON, NULL), 0);
+    CHECK_EQ_INT(tu_phantom("--seed", "11", "--count", "2", "--out", "a", COMMON, NULL), 0);
+    CHECK_EQ_INT(tu_phantom("--seed", "11", "--count", "2", "--out", "b", "--threads", "2", COMMON, NULL), 0);
+    CHECK_EQ_INT(tu_phantom("--seed", "11", "--count", "1", "--start", "1", "--out", "c", COMMON, NULL), 0);
+    CHECK_EQ_INT(tu_phantom("--seed", "12", "--count", "2", "--out", "d", COMMON, NULL), 0);
     static const char *const files[] = {"findings.json", "report.txt", "labels.nii.gz",
                                         "lesions.nii.gz", "ct.nii.gz"};
     char p1[256], p2[256];
@@ -174,7 +140,7 @@ static int test_deterministic(void)
     CHECK(same_dicom("a/case_0001/dicom/CT0002.dcm", "c/case_0001/dicom/CT0002.dcm"));
     CHECK(!same_dicom("a/case_0000/dicom/CT0005.dcm", "d/case_0000/dicom/CT0005.dcm"));
     /* The other words do not change the anatomy. */
-    CHECK_EQ_INT(phantom("--seed", "11", "--count", "1", "--out", "h", "--text", "heldout", COMMON, NULL), 0);
+    CHECK_EQ_INT(tu_phantom("--seed", "11", "--count", "1", "--out", "h", "--text", "heldout", COMMON, NULL), 0);
     CHECK(same_file("a/case_0000/labels.nii.gz", "h/case_0000/labels.nii.gz"));
     CHECK(same_file("a/case_0000/ct.nii.gz", "h/case_0000/ct.nii.gz"));
 #undef COMMON
@@ -187,7 +153,7 @@ static int test_deterministic(void)
  * each named by its TotalSegmentator id. */
 static int test_structures(void)
 {
-    CHECK_EQ_INT(phantom("--seed", "3", "--count", "1", "--out", "o", "--matrix", "128", "--thickness", "4",
+    CHECK_EQ_INT(tu_phantom("--seed", "3", "--count", "1", "--out", "o", "--matrix", "128", "--thickness", "4",
                          "--fov", "cap", "--abnormal-rate", "0", "--no-dicom", NULL),
                  0);
     ctg_vol *lab = read_nii("o/case_0000/labels.nii.gz", CTG_U8);
@@ -255,7 +221,7 @@ static int test_structures(void)
  * aligned). */
 static int test_hu_ranges(void)
 {
-    CHECK_EQ_INT(phantom("--seed", "21", "--count", "3", "--out", "o", "--matrix", "144", "--thickness", "4",
+    CHECK_EQ_INT(tu_phantom("--seed", "21", "--count", "3", "--out", "o", "--matrix", "144", "--thickness", "4",
                          "--fov", "cap", "--abnormal-rate", "0", "--no-dicom", NULL),
                  0);
     static const struct {
@@ -460,7 +426,7 @@ static int test_abnormality_coverage(void)
  * kidney_cyst label); nothing in the lesion map is unreported. */
 static int test_lesion_files(void)
 {
-    CHECK_EQ_INT(phantom("--seed", "9", "--count", "3", "--out", "o", "--matrix", "96", "--thickness", "5",
+    CHECK_EQ_INT(tu_phantom("--seed", "9", "--count", "3", "--out", "o", "--matrix", "96", "--thickness", "5",
                          "--fov", "cap", "--no-dicom", "--abnormal",
                          "hepatic_cyst,renal_cyst,kidney_stone,lung_nodule,pleural_effusion,aortic_aneurysm,"
                          "pancreatic_mass,splenic_lesion,gallstone",
@@ -528,11 +494,11 @@ static int test_lesion_files(void)
  * findings.json and its paths exist. */
 static int test_text_and_manifest(void)
 {
-    CHECK_EQ_INT(phantom("--seed", "5", "--count", "4", "--out", "o", "--matrix", "64", "--thickness", "6",
+    CHECK_EQ_INT(tu_phantom("--seed", "5", "--count", "4", "--out", "o", "--matrix", "64", "--thickness", "6",
                          "--abnormal-rate", "0.6", "--nifti", NULL),
                  0);
     size_t len;
-    char *man = slurp("o/manifest.jsonl", &len);
+    char *man = tu_slurp("o/manifest.jsonl", &len);
     CHECK(man != NULL);
     int lines = 0, abnormal_cases = 0;
     for (char *line = strtok(man, "\n"); line; line = strtok(NULL, "\n"), lines++) {
@@ -552,7 +518,7 @@ static int test_text_and_manifest(void)
             fclose(f);
         }
         snprintf(p, sizeof p, "o/%s/report.txt", cid);
-        char *rep = slurp(p, NULL);
+        char *rep = tu_slurp(p, NULL);
         snprintf(p, sizeof p, "o/%s/findings.json", cid);
         cJSON *j = read_json(p);
         CHECK(rep && j);
@@ -698,7 +664,7 @@ static int test_dicom_positions(void)
         char dir[32], file[64], why[256];
         snprintf(dir, sizeof dir, "p%d", p);
         /* One of them with unsigned pixels. */
-        CHECK_EQ_INT(phantom("--seed", "2", "--count", "1", "--out", dir, "--matrix", "48", "--thickness",
+        CHECK_EQ_INT(tu_phantom("--seed", "2", "--count", "1", "--out", dir, "--matrix", "48", "--thickness",
                              "10", "--fov", "chest", "--position", pos[p], p == 3 ? "--unsigned" : NULL,
                              NULL),
                      0);
@@ -717,7 +683,7 @@ static int test_dicom_positions(void)
         CHECK(!strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(j, "series_uid")), in.series_uid));
         cJSON_Delete(j);
     }
-    CHECK_EQ_INT(phantom("--seed", "2", "--count", "1", "--out", "e", "--matrix", "48", "--thickness", "10",
+    CHECK_EQ_INT(tu_phantom("--seed", "2", "--count", "1", "--out", "e", "--matrix", "48", "--thickness", "10",
                          "--fov", "chest", "--enhanced", NULL),
                  0);
     DIR *d = opendir("e/case_0000/dicom");
@@ -732,16 +698,16 @@ static int test_dicom_positions(void)
 
 static int test_options(void)
 {
-    CHECK_EQ_INT(phantom("--help", NULL), 0);
-    CHECK_EQ_INT(phantom("--count", "1", NULL), 2); /* no --out */
-    CHECK_EQ_INT(phantom("--out", "x", "--matrix", "7", NULL), 2);
-    CHECK_EQ_INT(phantom("--out", "x", "--position", "sideways", NULL), 2);
-    CHECK_EQ_INT(phantom("--out", "x", "--abnormal", "broken_heart", NULL), 2);
-    CHECK_EQ_INT(phantom("--out", "x", "--abnormal-rate", "1.5", NULL), 2);
-    CHECK_EQ_INT(phantom("--out", "x", "--ts", "jpeg2000", NULL), 2);
-    CHECK_EQ_INT(phantom("--out", "x", "--bogus", NULL), 2);
+    CHECK_EQ_INT(tu_phantom("--help", NULL), 0);
+    CHECK_EQ_INT(tu_phantom("--count", "1", NULL), 2); /* no --out */
+    CHECK_EQ_INT(tu_phantom("--out", "x", "--matrix", "7", NULL), 2);
+    CHECK_EQ_INT(tu_phantom("--out", "x", "--position", "sideways", NULL), 2);
+    CHECK_EQ_INT(tu_phantom("--out", "x", "--abnormal", "broken_heart", NULL), 2);
+    CHECK_EQ_INT(tu_phantom("--out", "x", "--abnormal-rate", "1.5", NULL), 2);
+    CHECK_EQ_INT(tu_phantom("--out", "x", "--ts", "jpeg2000", NULL), 2);
+    CHECK_EQ_INT(tu_phantom("--out", "x", "--bogus", NULL), 2);
     /* --matrix NXxNY gives a non-square grid. */
-    CHECK_EQ_INT(phantom("--out", "r", "--matrix", "64x48", "--thickness", "8", "--fov", "abdomen",
+    CHECK_EQ_INT(tu_phantom("--out", "r", "--matrix", "64x48", "--thickness", "8", "--fov", "abdomen",
                          "--no-dicom", NULL),
                  0);
     ctg_vol *v = read_nii("r/case_0000/labels.nii.gz", CTG_U8);

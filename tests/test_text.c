@@ -72,22 +72,6 @@ static int syn_write(const char *path)
     return rc;
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long l = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)l + 1);
-    if (b && fread(b, 1, (size_t)l, f) != (size_t)l) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    *n = (size_t)l;
-    return b;
-}
 
 static int spit(const char *path, const unsigned char *b, size_t n)
 {
@@ -120,7 +104,7 @@ static int test_vocab_roundtrip(void)
     CHECK_EQ_INT(syn_write("a.vocab"), 0);
     CHECK_EQ_INT(syn_write("b.vocab"), 0);
     size_t na, nb;
-    unsigned char *a = slurp("a.vocab", &na), *b = slurp("b.vocab", &nb);
+    unsigned char *a = (unsigned char *)tu_slurp("a.vocab", &na), *b = (unsigned char *)tu_slurp("b.vocab", &nb);
     CHECK(a && b && na == nb && !memcmp(a, b, na)); /* the same input, the same bytes */
     CHECK(!memcmp(a, "CTGVOCAB", 8));
     CHECK(access("a.vocab.tmp", F_OK) != 0);
@@ -197,7 +181,7 @@ static int test_vocab_refuses_damage(void)
 {
     CHECK_EQ_INT(syn_write("good.vocab"), 0);
     size_t n;
-    unsigned char *g = slurp("good.vocab", &n), *b = malloc(n + 16);
+    unsigned char *g = (unsigned char *)tu_slurp("good.vocab", &n), *b = malloc(n + 16);
     CHECK(g && b);
 
     memcpy(b, g, n);
@@ -303,7 +287,7 @@ static int test_fuzz_smoke(void)
 {
     CHECK_EQ_INT(syn_write("good.vocab"), 0);
     size_t n;
-    unsigned char *g = slurp("good.vocab", &n), *b = malloc(n);
+    unsigned char *g = (unsigned char *)tu_slurp("good.vocab", &n), *b = malloc(n);
     CHECK(g && b);
     uint64_t x = 99;
     int loaded = 0, refusedn = 0;

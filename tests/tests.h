@@ -33,6 +33,21 @@ typedef struct test_case {
         }                                                                      \
     } while (0)
 
+/* Shared helpers (testutil.c). */
+#include <stddef.h>
+#include <stdint.h>
+/* The whole file, NUL-terminated; *len (may be NULL) gets its size.  NULL
+ * when it cannot be read. */
+char *tu_slurp(const char *path, size_t *len);
+/* Deterministic uniform numbers in [0, 1) (splitmix64); tu_seed restarts. */
+void tu_seed(uint64_t seed);
+double tu_urand(void);
+/* n floats uniform in [lo, hi); aborts when out of memory. */
+float *tu_frand(size_t n, float lo, float hi);
+/* Runs `ctglip phantom ARGS... --quiet` in-process; the arguments end with
+ * NULL.  Returns its exit status. */
+int tu_phantom(const char *first, ...);
+
 /* NULL-terminated tables, one per test file. */
 extern const test_case store_tests[];
 extern const test_case queue_tests[];
