@@ -45,7 +45,7 @@ CORE_SRC   := $(wildcard core/*.c)
 STORE_SRC  := $(wildcard store/*.c)
 DICOM_SRC  := $(wildcard dicom/*.cc)
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
-TOOLS_SRC  := $(filter-out tools/ctglip.c,$(wildcard tools/*.c))
+TOOLS_SRC  := $(filter-out tools/ctglip.c tools/ctglip_train.c,$(wildcard tools/*.c))
 TEST_SRC   := $(wildcard tests/*.c) $(wildcard tests/fuzz/*.c)
 
 obj = $(patsubst %.cc,$(BUILD)/%.o,$(patsubst %.c,$(BUILD)/%.o,$(1)))
@@ -53,7 +53,8 @@ obj = $(patsubst %.cc,$(BUILD)/%.o,$(patsubst %.c,$(BUILD)/%.o,$(1)))
 LIB_OBJ    := $(call obj,$(CORE_SRC) $(STORE_SRC) $(DICOM_SRC)) $(CUDA_OBJ)
 DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
 
-BINS := $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/tests/runner
+BINS := $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/tests/runner \
+        $(if $(wildcard tools/ctglip_train.c),$(BUILD)/ctglip-train)
 
 .PHONY: all test run bench bench-ingest bench-conv vocab clean deps check-config install fuzz
 all: $(BINS)
@@ -62,6 +63,9 @@ $(BUILD)/ctglipd: $(call obj,daemon/main.c) $(DAEMON_OBJ) $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
 
 $(BUILD)/ctglip: $(call obj,tools/ctglip.c daemon/config.c $(TOOLS_SRC)) $(LIB_OBJ)
+	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
+
+$(BUILD)/ctglip-train: $(call obj,tools/ctglip_train.c $(TOOLS_SRC)) $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
 
 $(BUILD)/tests/runner: $(call obj,$(TEST_SRC) $(TOOLS_SRC)) $(DAEMON_OBJ) $(LIB_OBJ)
