@@ -53,8 +53,7 @@ obj = $(patsubst %.cc,$(BUILD)/%.o,$(patsubst %.c,$(BUILD)/%.o,$(1)))
 LIB_OBJ    := $(call obj,$(CORE_SRC) $(STORE_SRC) $(DICOM_SRC)) $(CUDA_OBJ)
 DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
 
-BINS := $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/tests/runner \
-        $(if $(wildcard tools/ctglip_train.c),$(BUILD)/ctglip-train)
+BINS := $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/ctglip-train $(BUILD)/tests/runner
 
 .PHONY: all test run bench bench-ingest bench-conv vocab clean deps check-config install fuzz
 all: $(BINS)

@@ -61,6 +61,7 @@ extern const test_case ops_tests[];     /* test_ops.c: tensor ops, gradients, op
 extern const test_case text_tests[];    /* test_text.c: text encoders, metrics */
 extern const test_case model_tests[];   /* test_model.c: network, gradients, model file, sliding window */
 extern const test_case eval_tests[];    /* test_eval.c: findings list, zero-shot scoring, ctglip-train eval */
+extern const test_case train_tests[];   /* test_train.c: CT-GLIP losses, training loop, resume */
 extern const test_case data_tests[];    /* test_data.c: trainer data layer (manifest, cases, cache, patches) */
 
 #endif
