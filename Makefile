@@ -146,8 +146,11 @@ clean:
 PREFIX ?= /usr/local
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/ctglip $(DESTDIR)/lib/systemd/system \
-	    $(DESTDIR)$(PREFIX)/share/doc/ctglip
-	install -m 0755 $(BUILD)/ctglipd $(BUILD)/ctglip $(DESTDIR)$(PREFIX)/bin/
+	    $(DESTDIR)$(PREFIX)/share/doc/ctglip $(DESTDIR)$(PREFIX)/share/ctglip/models \
+	    $(DESTDIR)$(PREFIX)/share/ctglip/etc
+	install -m 0755 $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/ctglip-train $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 models/glove100.vocab models/GLOVE-LICENSE.md $(DESTDIR)$(PREFIX)/share/ctglip/models/
+	install -m 0644 etc/findings.tsv $(DESTDIR)$(PREFIX)/share/ctglip/etc/
 	test -e $(DESTDIR)/etc/ctglip/ctglipd.conf || \
 	    install -m 0644 etc/ctglipd.conf $(DESTDIR)/etc/ctglip/ctglipd.conf
 	install -m 0644 systemd/ctglipd.service $(DESTDIR)/lib/systemd/system/

@@ -96,6 +96,12 @@ int ctg_fsync_dir(const char *dir);
 /* mkdir -p with mode 0750; each directory it creates is made durable by an
  * fsync of its parent. */
 int ctg_mkdirs(const char *path);
+/* A file that ships with ctglip (e.g. "models/glove100.vocab",
+ * "etc/findings.tsv"), found from any working folder: under $CTGLIP_HOME
+ * when set; else beside the program's folder (build/../REL in a checkout,
+ * PREFIX/share/ctglip/REL once installed) when readable there; else REL
+ * itself.  Writes the path into out (n bytes) and returns out. */
+const char *ctg_data_path(const char *rel, char *out, size_t n);
 /* Writes len bytes, retrying on EINTR and short writes. */
 int ctg_write_all(int fd, const void *buf, size_t len);
 

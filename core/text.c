@@ -513,3 +513,4 @@ void txt_cache_stats(txt_cache *c, size_t *entries, size_t *misses, size_t *hits
     if (misses) *misses = c ? __atomic_load_n(&c->misses, __ATOMIC_RELAXED) : 0;
     if (hits) *hits = c ? __atomic_load_n(&c->hits, __ATOMIC_RELAXED) : 0;
 }
+

@@ -159,3 +159,29 @@ int ctg_write_all(int fd, const void *buf, size_t len)
     }
     return 0;
 }
+
+const char *ctg_data_path(const char *rel, char *out, size_t n)
+{
+    const char *home = getenv("CTGLIP_HOME");
+    if (home && home[0]) {
+        snprintf(out, n, "%s/%s", home, rel);
+        return out;
+    }
+    char exe[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len > 0) {
+        exe[len] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = 0;
+            static const char *const up[] = {"..", "../share/ctglip"};
+            for (size_t i = 0; i < sizeof up / sizeof up[0]; i++) {
+                if ((size_t)snprintf(out, n, "%s/%s/%s", exe, up[i], rel) < n &&
+                    access(out, R_OK) == 0)
+                    return out;
+            }
+        }
+    }
+    snprintf(out, n, "%s", rel);
+    return out;
+}

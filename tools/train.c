@@ -62,7 +62,8 @@ int trn_default_organs(int *ids, int cap)
 void trn_opts_default(trn_opts *o)
 {
     memset(o, 0, sizeof *o);
-    o->vocab = TXT_GLOVE_DEFAULT;
+    static char vocab[4096];
+    o->vocab = ctg_data_path(TXT_GLOVE_DEFAULT, vocab, sizeof vocab);
     o->steps = 1000;
     o->stage1_steps = 200;
     o->batch = 2;

@@ -493,8 +493,9 @@ static int parse_rows(char *s, char names[][64], char **paths, int *nrows)
 
 int trn_eval_main(int argc, char **argv)
 {
-    ev_opts o = {.findings = "etc/findings.tsv",
-                 .vocab = TXT_GLOVE_DEFAULT,
+    static char findings[4096], vocab[4096];
+    ev_opts o = {.findings = ctg_data_path("etc/findings.tsv", findings, sizeof findings),
+                 .vocab = ctg_data_path(TXT_GLOVE_DEFAULT, vocab, sizeof vocab),
                  .text = ZS_TEXT_TRAIN,
                  .threshold = -1,
                  .spacing = {3, 3, 3},
