@@ -57,6 +57,52 @@ int met_auc(const float *score, const uint8_t *label, size_t n, double *auc)
     return 0;
 }
 
+int met_best_f1_threshold(const float *score, const uint8_t *label, size_t n, float *thr,
+                          double *f1)
+{
+    if (!score || !label || !thr || !n) return CTG_EINVAL;
+    size_t npos = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(score[i])) return CTG_EINVAL;
+        npos += label[i] != 0;
+    }
+    if (!npos) return CTG_EINVAL;
+    scored *v = malloc(n * sizeof *v);
+    if (!v) return CTG_ENOMEM;
+    for (size_t i = 0; i < n; i++) v[i] = (scored){score[i], label[i] != 0};
+    qsort(v, n, sizeof *v, cmp_scored); /* ascending */
+    /* Sweep the cut down from the top, one tied group at a time: after a
+     * group, everything from it up is called positive. */
+    size_t tp = 0, fp = 0;
+    double best = -1;
+    float best_thr = v[n - 1].s;
+    for (size_t j = n; j > 0;) {
+        size_t i = j;
+        while (i > 0 && v[i - 1].s == v[j - 1].s) {
+            i--;
+            v[i].pos ? tp++ : fp++;
+        }
+        double f = 2.0 * (double)tp / (2.0 * (double)tp + (double)fp + (double)(npos - tp));
+        if (f > best) {
+            float hi = v[i].s, t;
+            if (i > 0) {
+                float lo = v[i - 1].s;
+                t = (float)(((double)lo + (double)hi) / 2);
+                if (!(t > lo)) t = nextafterf(lo, hi);
+            } else {
+                t = hi > 0 ? hi / 2 : hi;
+            }
+            best = f;
+            best_thr = t;
+        }
+        j = i;
+    }
+    free(v);
+    *thr = best_thr;
+    if (f1) *f1 = best;
+    return 0;
+}
+
 met_counts met_count(const float *score, const uint8_t *label, size_t n, float thr)
 {
     met_counts c = {0, 0, 0, 0};

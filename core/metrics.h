@@ -49,6 +49,17 @@ double met_sensitivity(const met_counts *c);
 double met_specificity(const met_counts *c);
 double met_f1(const met_counts *c);
 
+/* Calibration: the threshold that maximises F1 of scores against labels.
+ * Candidates lie between consecutive distinct scores (a float strictly
+ * above the lower one and at most the higher one, so score >= thr splits
+ * exactly there), plus one at or below the lowest score (everything called
+ * positive: half of it, or the lowest score itself when that is not
+ * positive).  On ties the highest threshold wins (fewer calls).  *f1 (may be NULL) gets the F1 at
+ * *thr.  Returns 0, CTG_EINVAL (NULL pointers, n 0, a NaN score, or no
+ * positive label: nothing to calibrate on) or CTG_ENOMEM. */
+int met_best_f1_threshold(const float *score, const uint8_t *label, size_t n, float *thr,
+                          double *f1);
+
 /* Dice of one label between two maps of n voxels. */
 double met_dice(const uint8_t *a, const uint8_t *b, size_t n, int label);
 /* Dice of labels 1..nlabels-1 in one pass into dice[1..nlabels-1]; dice[0]

@@ -326,7 +326,55 @@ void mdl_free(mdl_model *m)
     free(m->adam_v);
     free(m->tensors);
     free(m->net);
+    free(m->meta);
     free(m);
+}
+
+void mdl_set_spacing(mdl_model *m, const float sp[3])
+{
+    for (int a = 0; a < 3; a++) m->spacing[a] = sp[a] > 0 ? sp[a] : 0;
+    m->identity[0] = 0;
+}
+
+const char *mdl_meta_get(const mdl_model *m, const char *key)
+{
+    for (int i = 0; i < m->n_meta; i++)
+        if (strcmp(m->meta[i].key, key) == 0) return m->meta[i].val;
+    return NULL;
+}
+
+static int meta_key_ok(const char *key)
+{
+    size_t len = strlen(key);
+    if (len == 0 || len >= MDL_META_KEY) return 0;
+    for (size_t i = 0; i < len; i++)
+        if (key[i] <= ' ' || key[i] > '~' || key[i] == '=') return 0;
+    return 1;
+}
+
+int mdl_meta_set(mdl_model *m, const char *key, const char *val)
+{
+    if (!key || !meta_key_ok(key) || (val && strlen(val) >= MDL_META_VAL)) return CTG_EINVAL;
+    int i = 0;
+    while (i < m->n_meta && strcmp(m->meta[i].key, key) < 0) i++;
+    int found = i < m->n_meta && strcmp(m->meta[i].key, key) == 0;
+    m->identity[0] = 0;
+    if (!val) {
+        if (found) {
+            memmove(&m->meta[i], &m->meta[i + 1], sizeof *m->meta * (size_t)(m->n_meta - i - 1));
+            m->n_meta--;
+        }
+        return 0;
+    }
+    if (!found) {
+        if (m->n_meta == MDL_MAX_META) return CTG_EINVAL;
+        if (!m->meta && !(m->meta = calloc(MDL_MAX_META, sizeof *m->meta))) return CTG_ENOMEM;
+        memmove(&m->meta[i + 1], &m->meta[i], sizeof *m->meta * (size_t)(m->n_meta - i));
+        m->n_meta++;
+        snprintf(m->meta[i].key, sizeof m->meta[i].key, "%s", key);
+    }
+    snprintf(m->meta[i].val, sizeof m->meta[i].val, "%s", val);
+    return 0;
 }
 
 int mdl_train_alloc(mdl_model *m)

@@ -57,11 +57,14 @@ extern "C" {
 #endif
 
 #define MDL_MAGIC "CTGLIPMD" /* 8 bytes, the model file's first */
-#define MDL_VERSION 1
+#define MDL_VERSION 2 /* written; 1 is still read */
 #define MDL_MAX_DEPTH 6
 #define MDL_MAX_CLASSES 117 /* organs (v2 classes); K+1 outputs fit a byte */
 #define MDL_TEXT_ID_MAX 1024 /* bytes of the text encoder identity, NUL included */
 #define MDL_IGNORE 255       /* label value the segmentation loss skips */
+#define MDL_MAX_META 256     /* key/value entries of a model's metadata */
+#define MDL_META_KEY 64      /* bytes of a metadata key, NUL included */
+#define MDL_META_VAL 256     /* bytes of a metadata value, NUL included */
 
 typedef struct mdl_config {
     int in_ch;       /* input channels: 1 (CT) */
@@ -100,6 +103,14 @@ typedef struct mdl_tensor {
 
 struct mdl__net;
 
+/* One metadata entry: what the model was trained and calibrated with
+ * (e.g. "threshold.hepatic_cyst" = "0.42", "trained.data" = a manifest
+ * path).  Keys are printable ASCII without '=' or spaces. */
+typedef struct mdl_meta {
+    char key[MDL_META_KEY];
+    char val[MDL_META_VAL];
+} mdl_meta;
+
 /* The model.  Fields are read-only for callers except the contents of
  * params (the optimizer's), grads, adam_m and adam_v. */
 typedef struct mdl_model {
@@ -107,6 +118,9 @@ typedef struct mdl_model {
     int class_ids[MDL_MAX_CLASSES]; /* v2 id of model class j+1 */
     char text_id[MDL_TEXT_ID_MAX];  /* text encoder identity (opaque) */
     char identity[65];              /* SHA-256 hex of the model file; "" until known */
+    float spacing[3];               /* training voxel spacing, mm along i, j, k; 0: unknown */
+    int n_meta;
+    mdl_meta *meta;                 /* n_meta entries (NULL when none), sorted by key */
     size_t n_params;
     float *params;           /* one allocation of n_params floats */
     float *grads;            /* NULL until mdl_train_alloc */
@@ -135,6 +149,16 @@ void mdl_zero_grad(mdl_model *m);
 const mdl_tensor *mdl_find_tensor(const mdl_model *m, const char *name);
 /* Sets the text encoder identity string (truncated to MDL_TEXT_ID_MAX-1). */
 void mdl_set_text_id(mdl_model *m, const char *text_id);
+
+/* Sets the training spacing (mm along i, j, k; each > 0, or all 0 for
+ * unknown) and clears the identity. */
+void mdl_set_spacing(mdl_model *m, const float sp[3]);
+/* The value of metadata key, or NULL. */
+const char *mdl_meta_get(const mdl_model *m, const char *key);
+/* Sets (val non-NULL) or removes (val NULL) metadata key and clears the
+ * identity.  0, CTG_EINVAL (bad key, too long, or the table is full) or
+ * CTG_ENOMEM. */
+int mdl_meta_set(mdl_model *m, const char *key, const char *val);
 
 /* ---- activations ---------------------------------------------------------- */
 
@@ -228,13 +252,15 @@ int mdl_infer(const mdl_model *m, mdl_acts *a, const ctg_vol *hu, float overlap,
 
 /* ---- model file (model_io.c) ------------------------------------------------ */
 
-/* File layout, little-endian, version 1:
+/* File layout, little-endian, version 2:
  *   "CTGLIPMD"  u32 version
  *   u32 ncfg (15), then the config: in_ch, n_classes, width, depth, mult,
  *       max_width, embed_dim, mlp_hidden, text_dim, patch[3] as i32,
  *       hu_lo, hu_hi, slope as f32
  *   u32 K, then K x { u32 v2 id, u32 len, name bytes }
  *   u32 len, text encoder identity bytes
+ *   (version 2 only) f32 spacing[3], u32 n_meta, then n_meta x
+ *       { u32 len, key bytes, u32 len, value bytes }, keys sorted
  *   u32 n_tensors, then n_tensors x { u32 len, name bytes, u64 count }
  *   u64 n_params, n_params f32
  *   32 bytes SHA-256 of everything before it: the model's identity. */
@@ -243,7 +269,8 @@ int mdl_infer(const mdl_model *m, mdl_acts *a, const ctg_vol *hu, float overlap,
  * directory) and sets m->identity.  0 or a CTG_E* code with the reason in
  * why. */
 int mdl_save(mdl_model *m, const char *path, char *why, size_t n);
-/* Reads a model file in one go.  Refuses (CTG_EFORMAT, reason in why) a
+/* Reads a model file (version 1 or 2; version 1 has no spacing and no
+ * metadata) in one go.  Refuses (CTG_EFORMAT, reason in why) a
  * bad magic or version (checked first), a truncated or oversized file, a
  * checksum mismatch, or a header that does not describe a valid network.
  * The caller owns *out. */

@@ -96,6 +96,12 @@ static int header_build(const mdl_model *m, wbuf *b)
         put_str(b, o ? o->name : "");
     }
     put_str(b, m->text_id);
+    for (int a = 0; a < 3; a++) put_f32(b, m->spacing[a]);
+    put_u32(b, (uint32_t)m->n_meta);
+    for (int i = 0; i < m->n_meta; i++) {
+        put_str(b, m->meta[i].key);
+        put_str(b, m->meta[i].val);
+    }
     put_u32(b, (uint32_t)m->n_tensors);
     for (int i = 0; i < m->n_tensors; i++) {
         put_str(b, m->tensors[i].name);
@@ -333,8 +339,8 @@ int mdl_load(const char *path, mdl_model **out, char *why, size_t n)
         WHY("%s: truncated header", path);
         goto fail;
     }
-    if (version != MDL_VERSION) {
-        WHY("%s: model format version %u, this build reads %d", path, version, MDL_VERSION);
+    if (version < 1 || version > MDL_VERSION) {
+        WHY("%s: model format version %u, this build reads 1..%d", path, version, MDL_VERSION);
         goto fail;
     }
 
@@ -342,7 +348,7 @@ int mdl_load(const char *path, mdl_model **out, char *why, size_t n)
     int ids[MDL_MAX_CLASSES];
     uint32_t ncfg = get_u32(&r);
     if (!r.short_ && ncfg != MDL__NCFG) {
-        WHY("%s: %u config fields, version %d has %d", path, ncfg, MDL_VERSION, MDL__NCFG);
+        WHY("%s: %u config fields, version %u has %d", path, ncfg, version, MDL__NCFG);
         goto fail;
     }
     int *ints[12] = {&c.in_ch,     &c.n_classes, &c.width,    &c.depth,
@@ -396,6 +402,40 @@ int mdl_load(const char *path, mdl_model **out, char *why, size_t n)
         goto fail;
     }
     err = CTG_EFORMAT;
+    if (version >= 2) {
+        float sp[3];
+        for (int a = 0; a < 3; a++) sp[a] = get_f32(&r);
+        for (int a = 0; a < 3 && !r.short_; a++)
+            if (!(sp[a] == 0 || (sp[a] > 0 && sp[a] < 100))) {
+                WHY("%s: training spacing %g mm is not a spacing", path, (double)sp[a]);
+                goto fail;
+            }
+        mdl_set_spacing(m, sp);
+        uint32_t nm = get_u32(&r);
+        if (!r.short_ && nm > MDL_MAX_META) {
+            WHY("%s: %u metadata entries, at most %d", path, nm, MDL_MAX_META);
+            goto fail;
+        }
+        char key[MDL_META_KEY], val[MDL_META_VAL];
+        for (uint32_t i = 0; i < nm && !r.short_; i++) {
+            int bad = get_str(&r, key, sizeof key) < 0;
+            bad |= get_str(&r, val, sizeof val) < 0;
+            if (r.short_) break;
+            if (bad || mdl_meta_get(m, key)) {
+                WHY("%s: metadata entry %u is too long or repeated", path, i);
+                goto fail;
+            }
+            int mr = mdl_meta_set(m, key, val);
+            if (mr == CTG_ENOMEM) {
+                err = mr;
+                goto fail;
+            }
+            if (mr) {
+                WHY("%s: metadata entry %u has a bad key", path, i);
+                goto fail;
+            }
+        }
+    }
     uint32_t nt = get_u32(&r);
     if (!r.short_ && nt != (uint32_t)m->n_tensors) {
         WHY("%s: %u tensors, the config makes %d", path, nt, m->n_tensors);

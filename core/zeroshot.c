@@ -220,7 +220,8 @@ static int parse_line(char *s, const char *name, int line, zs_finding *f, char *
     }
     snprintf(f->display, sizeof f->display, "%s", disp);
 
-    f->threshold = 0.5f;
+    f->threshold = ZS_DEFAULT_THRESHOLD;
+    f->threshold_set = 0;
     if (nc == 8 && *col[7]) {
         char *end;
         double t = strtod(col[7], &end);
@@ -229,6 +230,7 @@ static int parse_line(char *s, const char *name, int line, zs_finding *f, char *
             return CTG_ECONFIG;
         }
         f->threshold = (float)t;
+        f->threshold_set = 1;
     }
     return 0;
 }
@@ -339,6 +341,7 @@ struct zs_prompts {
     float tau;
     int nfind;
     float *thr;       /* [nfind] */
+    int *thr_src;     /* [nfind] ZS_THR_* */
     float *organ;     /* [K+1][E], row 0 zero */
     int *pair;        /* [nfind][K+1]: index into pos/neg, -1 when not scored */
     int npairs;
@@ -349,6 +352,7 @@ void zs_prompts_free(zs_prompts *p)
 {
     if (!p) return;
     free(p->thr);
+    free(p->thr_src);
     free(p->organ);
     free(p->pair);
     free(p->pos);
@@ -452,9 +456,10 @@ int zs_prompts_build(const zs_list *l, const mdl_model *m, txt_encoder *enc, txt
     p->tau = tau > 0 ? tau : ZS_TAU;
     p->nfind = l->n;
     p->thr = malloc(sizeof(float) * (size_t)(l->n ? l->n : 1));
+    p->thr_src = malloc(sizeof(int) * (size_t)(l->n ? l->n : 1));
     p->organ = calloc((size_t)(k + 1) * e, sizeof(float));
     p->pair = malloc(sizeof(int) * (size_t)(l->n ? l->n : 1) * (k + 1));
-    if (!p->thr || !p->organ || !p->pair) goto fail;
+    if (!p->thr || !p->thr_src || !p->organ || !p->pair) goto fail;
 
     /* The class index of each v2 id the model covers. */
     int cls_of[CTG_NUM_ORGANS + 1] = {0};
@@ -462,7 +467,25 @@ int zs_prompts_build(const zs_list *l, const mdl_model *m, txt_encoder *enc, txt
         if (m->class_ids[c - 1] >= 1 && m->class_ids[c - 1] <= CTG_NUM_ORGANS)
             cls_of[m->class_ids[c - 1]] = c;
     for (int f = 0; f < l->n; f++) {
-        p->thr[f] = l->f[f].threshold;
+        /* The list's own threshold wins (a site's choice), then the one
+         * the model was calibrated with, then the default. */
+        char key[MDL_META_KEY];
+        const char *mv = NULL;
+        if (snprintf(key, sizeof key, "threshold.%s", l->f[f].key) < (int)sizeof key)
+            mv = mdl_meta_get(m, key);
+        if (!mv) mv = mdl_meta_get(m, ZS_META_POOLED);
+        char *end = NULL;
+        double t = mv ? strtod(mv, &end) : NAN;
+        if (l->f[f].threshold_set) {
+            p->thr[f] = l->f[f].threshold;
+            p->thr_src[f] = ZS_THR_LIST;
+        } else if (mv && end != mv && !*end && t > 0 && t < 1) {
+            p->thr[f] = (float)t;
+            p->thr_src[f] = ZS_THR_MODEL;
+        } else {
+            p->thr[f] = l->f[f].threshold;
+            p->thr_src[f] = ZS_THR_DEFAULT;
+        }
         for (int c = 0; c <= k; c++) p->pair[f * (k + 1) + c] = -1;
         for (int o = 0; o < l->f[f].norgans; o++) {
             int c = cls_of[l->f[f].organ_ids[o]];
@@ -530,6 +553,13 @@ float zs_prob(const float *emb, const float *pos, const float *neg, int dim, flo
     if (!(tau > 0)) tau = ZS_TAU;
     double d = ((double)dot(emb, neg, dim) - dot(emb, pos, dim)) / tau;
     return (float)(1.0 / (1.0 + exp(d)));
+}
+
+float zs_threshold(const zs_prompts *p, int f, int *source)
+{
+    if (!p || f < 0 || f >= p->nfind) return NAN;
+    if (source) *source = p->thr_src[f];
+    return p->thr[f];
 }
 
 int zs_organ_top1(const zs_prompts *p, const float *emb, float *cos)

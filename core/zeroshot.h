@@ -42,6 +42,7 @@ extern "C" {
 #define ZS_TAU 0.07f             /* the training temperature (DESIGN.md) */
 #define ZS_ORGAN_TEMPLATE "this is a {organ} in the CT scan"
 #define ZS_NORMAL_TEMPLATE "no evident abnormality in {organ}"
+#define ZS_DEFAULT_THRESHOLD 0.5f
 
 /* One finding of the list.  Strings are owned by the list. */
 typedef struct zs_finding {
@@ -55,6 +56,7 @@ typedef struct zs_finding {
     char meaning[128];               /* SNOMED CT meaning; "" when none */
     char display[128];               /* never empty (the key when not given) */
     float threshold;                 /* decision threshold on the probability */
+    int threshold_set;               /* 1: given in the list; 0: the default */
     int line;                        /* 1-based line in the file */
 } zs_finding;
 
@@ -105,6 +107,16 @@ const float *zs_organ_vec(const zs_prompts *p, int cls);
 /* The positive (positive != 0) or negative prompt of finding f (index in
  * the list) on class cls, [E]; NULL when the pair is not scored. */
 const float *zs_finding_vec(const zs_prompts *p, int f, int cls, int positive);
+
+/* Where a finding's decision threshold came from: the findings list's
+ * threshold column (a site's choice wins), the model's calibration
+ * (metadata "threshold.KEY", else the pooled "calibration.pooled_threshold",
+ * both written by `ctglip-train calibrate`), or ZS_DEFAULT_THRESHOLD. */
+#define ZS_META_POOLED "calibration.pooled_threshold"
+enum { ZS_THR_DEFAULT = 0, ZS_THR_MODEL, ZS_THR_LIST };
+/* The threshold finding f is decided with, and its source (may be NULL);
+ * NaN when f is out of range. */
+float zs_threshold(const zs_prompts *p, int f, int *source);
 
 /* Zero-shot organ classification of an L2-normalised embedding emb [E]:
  * the class 1..K whose organ prompt has the largest cosine (the first on

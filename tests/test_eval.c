@@ -456,10 +456,144 @@ static int test_eval_end_to_end(void)
     return 0;
 }
 
+/* The JSON report's object for one finding. */
+static const cJSON *finding_json(const cJSON *j, const char *key)
+{
+    const cJSON *ab = cJSON_GetObjectItemCaseSensitive(j, "abnormality");
+    return cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(ab, "findings"), key);
+}
+
+static cJSON *load_json(const char *path)
+{
+    char *text = tu_slurp(path, NULL);
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    return j;
+}
+
+/* ctglip-train calibrate: per-finding F1-optimal thresholds stored in the
+ * model, used by eval (and so by the daemon's scorer), never worse in F1
+ * than the default threshold on the data they were fitted on; a threshold
+ * in the findings list still wins; the training spacing stored in the
+ * model is the default grid. */
+static int test_calibrate(void)
+{
+    CHECK_EQ_INT(tu_phantom("--seed", "5", "--count", "3", "--out", "p", "--matrix", "48",
+                            "--thickness", "8", "--fov", "abdomen", "--no-dicom", "--nifti",
+                            "--abnormal-rate", "1", NULL),
+                 0);
+    txt_encoder *enc = open_glove();
+    CHECK(enc);
+    mdl_model *m = tiny_model(txt_dim(enc), 0, txt_identity(enc));
+    CHECK(m);
+    txt_close(enc);
+    float sp[3] = {6, 6, 6};
+    mdl_set_spacing(m, sp);
+    char why[256] = "";
+    CHECK_EQ_INT(mdl_save(m, "m.ctglip", why, sizeof why), 0);
+    mdl_free(m);
+
+    char findings[4096], vocab[4096];
+    snprintf(findings, sizeof findings, "%s", root_path("etc/findings.tsv"));
+    snprintf(vocab, sizeof vocab, "%s", root_path(TXT_GLOVE_DEFAULT));
+    char *cal[] = {"calibrate", "--model", "m.ctglip", "--data", "p/manifest.jsonl", "--out",
+                   "mc.ctglip", "--findings", findings, "--vocab", vocab, "--threads", "1",
+                   "--min-positives", "1", NULL};
+    CHECK_EQ_INT(trn_calibrate_main((int)(sizeof cal / sizeof cal[0]) - 1, cal), 0);
+    mdl_model *mc = NULL;
+    CHECK_EQ_INT(mdl_load("mc.ctglip", &mc, why, sizeof why), 0);
+    CHECK(mdl_meta_get(mc, ZS_META_POOLED));
+    CHECK(strcmp(mdl_meta_get(mc, "calibration.cases"), "3") == 0);
+    CHECK(strcmp(mdl_meta_get(mc, "calibration.text"), "train") == 0);
+    CHECK(mc->spacing[0] == 6 && mc->spacing[2] == 6);
+
+    char *ev[] = {"eval", "--model", "m.ctglip", "--data", "p/manifest.jsonl", "--out", "r0.json",
+                  "--findings", findings, "--vocab", vocab, "--threads", "1", NULL};
+    CHECK_EQ_INT(trn_eval_main((int)(sizeof ev / sizeof ev[0]) - 1, ev), 0);
+    ev[2] = "mc.ctglip";
+    ev[6] = "r1.json";
+    CHECK_EQ_INT(trn_eval_main((int)(sizeof ev / sizeof ev[0]) - 1, ev), 0);
+    cJSON *j0 = load_json("r0.json"), *j1 = load_json("r1.json");
+    CHECK(j0 && j1);
+    /* The grid came from the model. */
+    const cJSON *spj = cJSON_GetObjectItemCaseSensitive(j1, "spacing_mm");
+    CHECK(cJSON_GetArraySize(spj) == 3 && cJSON_GetArrayItem(spj, 1)->valuedouble == 6);
+
+    zs_list *l = NULL;
+    CHECK_EQ_INT(zs_list_load(findings, &l, why, sizeof why), 0);
+    int own = 0;
+    for (int f = 0; f < l->n; f++) {
+        const cJSON *a = finding_json(j0, l->f[f].key), *b = finding_json(j1, l->f[f].key);
+        CHECK(a && b);
+        char key[128];
+        snprintf(key, sizeof key, "threshold.%s", l->f[f].key);
+        const char *mv = mdl_meta_get(mc, key);
+        double n = num_at(b, "n", NULL), pos = num_at(b, "positives", NULL);
+        const char *src = cJSON_GetObjectItemCaseSensitive(b, "threshold_source")->valuestring;
+        CHECK(strcmp(cJSON_GetObjectItemCaseSensitive(a, "threshold_source")->valuestring,
+                     "default") == 0);
+        CHECK(num_at(a, "threshold", NULL) == 0.5);
+        if (pos >= 1 && pos < n) {
+            /* Its own threshold, at least as good as 0.5 on this data. */
+            CHECK(mv);
+            CHECK(strcmp(src, "model") == 0);
+            CHECK(fabs(num_at(b, "threshold", NULL) - strtod(mv, NULL)) < 1e-6);
+            const cJSON *fa = cJSON_GetObjectItemCaseSensitive(a, "f1");
+            double f1b = num_at(b, "f1", NULL);
+            CHECK(in01(f1b));
+            if (!cJSON_IsNull(fa)) CHECK(f1b >= fa->valuedouble - 1e-12);
+            own++;
+        } else {
+            CHECK(!mv);
+            if (n) CHECK(strcmp(src, "model") == 0); /* the pooled one */
+        }
+    }
+    CHECK(own >= 2);
+    cJSON_Delete(j0);
+    cJSON_Delete(j1);
+
+    /* A threshold in the findings list wins over the model's. */
+    size_t len = 0;
+    char *tsv = tu_slurp(findings, &len);
+    CHECK(tsv);
+    FILE *fo = fopen("f.tsv", "w");
+    CHECK(fo);
+    for (char *line = tsv, *nl; *line; line = nl + 1) {
+        nl = strchr(line, '\n');
+        CHECK(nl);
+        *nl = 0;
+        if (!strncmp(line, "hepatic_cyst\t", 13)) fprintf(fo, "%s\t0.3125\n", line);
+        else fprintf(fo, "%s\n", line);
+    }
+    CHECK(fclose(fo) == 0);
+    free(tsv);
+    ev[8] = "f.tsv";
+    ev[6] = "r2.json";
+    CHECK_EQ_INT(trn_eval_main((int)(sizeof ev / sizeof ev[0]) - 1, ev), 0);
+    cJSON *j2 = load_json("r2.json");
+    CHECK(j2);
+    const cJSON *hc = finding_json(j2, "hepatic_cyst");
+    CHECK(strcmp(cJSON_GetObjectItemCaseSensitive(hc, "threshold_source")->valuestring,
+                 "findings list") == 0);
+    CHECK(num_at(hc, "threshold", NULL) == 0.3125);
+    cJSON_Delete(j2);
+
+    /* Usage and data errors. */
+    char *bad[] = {"calibrate", "--model", "m.ctglip", "--data", "p/manifest.jsonl", NULL};
+    CHECK_EQ_INT(trn_calibrate_main(5, bad), 2);
+    char *bad2[] = {"calibrate", "--model", "m.ctglip", "--data", "p/manifest.jsonl", "--out",
+                    "x.ctglip", "--threshold", "0.5", NULL};
+    CHECK_EQ_INT(trn_calibrate_main(9, bad2), 2);
+    zs_list_free(l);
+    mdl_free(mc);
+    return 0;
+}
+
 const test_case eval_tests[] = {
     {"eval_list_covers_phantom", test_list_covers_phantom},
     {"eval_list_bad_lines", test_list_bad_lines},
     {"eval_zeroshot_scoring", test_zeroshot_scoring},
     {"eval_end_to_end", test_eval_end_to_end},
+    {"eval_calibrate", test_calibrate},
     {NULL, NULL},
 };

@@ -28,6 +28,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <openssl/evp.h>
 #include <unistd.h>
 
 /* ---- helpers ------------------------------------------------------------------ */
@@ -437,6 +438,106 @@ static int test_save_load(void)
     return 0;
 }
 
+/* Spacing and metadata: kept sorted, set, replaced, removed, refused when
+ * malformed, part of the identity, and carried through the file; a
+ * version-1 file (no spacing, no metadata) still loads. */
+static int test_meta(void)
+{
+    char path[256], why[300];
+    snprintf(path, sizeof path, "/tmp/ctglip-test-meta-%ld.ctglip", (long)getpid());
+    mdl_model *m = tiny_model(3), *l = NULL;
+    CHECK(m);
+    char id0[65];
+    snprintf(id0, sizeof id0, "%s", mdl_identity(m));
+    CHECK_EQ_INT(mdl_save(m, path, why, sizeof why), 0);
+
+    /* A version-1 file: the same bytes without spacing and metadata (16
+     * zero bytes right after the text encoder identity), re-hashed. */
+    FILE *f = fopen(path, "rb");
+    CHECK(f);
+    fseek(f, 0, SEEK_END);
+    size_t size = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc(size);
+    CHECK(fread(buf, 1, size, f) == size);
+    fclose(f);
+    const char *tid = "test-encoder:0";
+    uint8_t *at = memmem(buf, size, tid, strlen(tid));
+    CHECK(at);
+    size_t off = (size_t)(at - buf) + strlen(tid);
+    static const uint8_t zero[16];
+    CHECK(memcmp(buf + off, zero, 16) == 0);
+    memmove(buf + off, buf + off + 16, size - off - 16);
+    size_t v1 = size - 16;
+    buf[8] = 1;
+    unsigned int hl = 0;
+    CHECK(EVP_Digest(buf, v1 - 32, buf + v1 - 32, &hl, EVP_sha256(), NULL) == 1 && hl == 32);
+    CHECK_EQ_INT(write_bytes(path, buf, v1), 0);
+    free(buf);
+    CHECK_EQ_INT(mdl_load(path, &l, why, sizeof why), 0);
+    CHECK(l->n_meta == 0 && l->spacing[0] == 0 && l->spacing[2] == 0);
+    CHECK(memcmp(l->params, m->params, m->n_params * sizeof(float)) == 0);
+    /* Its identity is the hash of the version-1 file, not of a re-save. */
+    CHECK(strcmp(l->identity, id0) != 0);
+    mdl_free(l);
+
+    /* Setting, sorting, replacing, removing. */
+    CHECK_EQ_INT(mdl_meta_set(m, "threshold.renal_cyst", "0.41"), 0);
+    CHECK(m->identity[0] == 0);
+    CHECK_EQ_INT(mdl_meta_set(m, "threshold.gallstone", "0.6"), 0);
+    CHECK_EQ_INT(mdl_meta_set(m, "trained.steps", "6000"), 0);
+    CHECK_EQ_INT(mdl_meta_set(m, "threshold.renal_cyst", "0.43"), 0);
+    CHECK_EQ_INT(m->n_meta, 3);
+    CHECK(strcmp(m->meta[0].key, "threshold.gallstone") == 0);
+    CHECK(strcmp(m->meta[1].key, "threshold.renal_cyst") == 0);
+    CHECK(strcmp(mdl_meta_get(m, "threshold.renal_cyst"), "0.43") == 0);
+    CHECK(!mdl_meta_get(m, "threshold.nothing"));
+    CHECK_EQ_INT(mdl_meta_set(m, "gone", "x"), 0);
+    CHECK_EQ_INT(mdl_meta_set(m, "gone", NULL), 0);
+    CHECK_EQ_INT(mdl_meta_set(m, "never.there", NULL), 0);
+    CHECK_EQ_INT(m->n_meta, 3);
+    CHECK_EQ_INT(mdl_meta_set(m, "", "x"), CTG_EINVAL);
+    CHECK_EQ_INT(mdl_meta_set(m, "a b", "x"), CTG_EINVAL);
+    CHECK_EQ_INT(mdl_meta_set(m, "a=b", "x"), CTG_EINVAL);
+    char longv[MDL_META_VAL + 1];
+    memset(longv, 'v', MDL_META_VAL);
+    longv[MDL_META_VAL] = 0;
+    CHECK_EQ_INT(mdl_meta_set(m, "long", longv), CTG_EINVAL);
+    float sp[3] = {1.5f, 1.5f, 2.0f};
+    mdl_set_spacing(m, sp);
+
+    /* Both are part of the identity and survive the file. */
+    char id1[65];
+    snprintf(id1, sizeof id1, "%s", mdl_identity(m));
+    CHECK(strcmp(id1, id0) != 0);
+    CHECK_EQ_INT(mdl_save(m, path, why, sizeof why), 0);
+    CHECK(strcmp(m->identity, id1) == 0);
+    CHECK_EQ_INT(mdl_load(path, &l, why, sizeof why), 0);
+    CHECK(strcmp(l->identity, id1) == 0);
+    CHECK_EQ_INT(l->n_meta, 3);
+    CHECK(strcmp(mdl_meta_get(l, "threshold.gallstone"), "0.6") == 0);
+    CHECK(strcmp(mdl_meta_get(l, "trained.steps"), "6000") == 0);
+    CHECK(l->spacing[0] == 1.5f && l->spacing[1] == 1.5f && l->spacing[2] == 2.0f);
+    mdl_free(l);
+
+    /* The table has room for MDL_MAX_META entries, no more. */
+    for (int i = 0; i < MDL_MAX_META - 3; i++) {
+        char k[32];
+        snprintf(k, sizeof k, "fill.%03d", i);
+        CHECK_EQ_INT(mdl_meta_set(m, k, "1"), 0);
+    }
+    CHECK_EQ_INT(mdl_meta_set(m, "one.too.many", "1"), CTG_EINVAL);
+    CHECK_EQ_INT(mdl_meta_set(m, "fill.000", "2"), 0); /* replacing still works */
+    CHECK_EQ_INT(mdl_save(m, path, why, sizeof why), 0);
+    CHECK_EQ_INT(mdl_load(path, &l, why, sizeof why), 0);
+    CHECK_EQ_INT(l->n_meta, MDL_MAX_META);
+    CHECK(strcmp(mdl_meta_get(l, "fill.000"), "2") == 0);
+    mdl_free(l);
+    unlink(path);
+    mdl_free(m);
+    return 0;
+}
+
 /* ---- sliding-window inference ------------------------------------------------------- */
 
 static ctg_vol *vol_rand(int nx, int ny, int nz)
@@ -647,6 +748,7 @@ const test_case model_tests[] = {
     {"model_seg_loss_grad", test_seg_loss_grad},
     {"model_determinism", test_determinism},
     {"model_save_load", test_save_load},
+    {"model_meta", test_meta},
     {"model_sliding_window", test_sliding_window},
     {"model_overfit", test_overfit},
     {NULL, NULL},

@@ -824,6 +824,67 @@ static int test_metrics_f1(void)
     return 0;
 }
 
+/* F1-optimal thresholds on hand-worked cases. */
+static int test_metrics_calibrate(void)
+{
+    float thr;
+    double f1;
+    /* Separable: the cut falls between 0.4 and 0.7, F1 1. */
+    float s1[] = {0.1f, 0.4f, 0.7f, 0.9f};
+    uint8_t l1[] = {0, 0, 1, 1};
+    CHECK_EQ_INT(met_best_f1_threshold(s1, l1, 4, &thr, &f1), 0);
+    CHECK(fabsf(thr - 0.55f) < 1e-6f && fabs(f1 - 1.0) < 1e-12);
+    met_counts c = met_count(s1, l1, 4, thr);
+    CHECK(c.tp == 2 && c.fp == 0);
+    /* Scores 0.9+ 0.8- 0.7+ 0.2-: calling the top one gives F1 2/3, the
+     * top three 2*2/(4+1) = 0.8 (best), all four 2*2/(4+2) = 2/3. */
+    float s2[] = {0.9f, 0.8f, 0.7f, 0.2f};
+    uint8_t l2[] = {1, 0, 1, 0};
+    CHECK_EQ_INT(met_best_f1_threshold(s2, l2, 4, &thr, &f1), 0);
+    CHECK(fabsf(thr - 0.45f) < 1e-6f && fabs(f1 - 0.8) < 1e-12);
+    /* Ties stay on one side of the cut: {0.5+, 0.5-, 0.5-} and 0.1-: the
+     * only cuts are above 0.5 (F1 0), between (F1 2/4 = 0.5) and below
+     * everything (2/5); the middle one wins. */
+    float s3[] = {0.5f, 0.5f, 0.1f, 0.5f};
+    uint8_t l3[] = {1, 0, 0, 0};
+    CHECK_EQ_INT(met_best_f1_threshold(s3, l3, 4, &thr, &f1), 0);
+    CHECK(thr > 0.1f && thr <= 0.5f && fabs(f1 - 0.5) < 1e-12);
+    /* Everything positive is best: half the lowest score. */
+    float s4[] = {0.3f, 0.6f};
+    uint8_t l4[] = {1, 1};
+    CHECK_EQ_INT(met_best_f1_threshold(s4, l4, 2, &thr, &f1), 0);
+    CHECK(fabsf(thr - 0.3f) < 1e-6f || fabsf(thr - 0.15f) < 1e-6f);
+    CHECK(met_count(s4, l4, 2, thr).tp == 2);
+    /* 0.9+ 0.6- 0.5+ 0.05+: top one 2/4, two 2/5, three 4/6, all 6/7. */
+    float s5[] = {0.9f, 0.6f, 0.5f, 0.05f};
+    uint8_t l5[] = {1, 0, 1, 1};
+    CHECK_EQ_INT(met_best_f1_threshold(s5, l5, 4, &thr, &f1), 0);
+    CHECK(fabs(f1 - 6.0 / 7.0) < 1e-12 && thr <= 0.05f);
+    float s6[] = {0.9f, 0.2f, 0.8f};
+    uint8_t l6[] = {1, 1, 0}; /* top one 2/3, two 2/4, all 4/5 */
+    CHECK_EQ_INT(met_best_f1_threshold(s6, l6, 3, &thr, &f1), 0);
+    CHECK(fabs(f1 - 0.8) < 1e-12 && thr <= 0.2f);
+    float s7[] = {0.9f, 0.8f, 0.2f, 0.1f};
+    /* Equal F1 at two cuts, top one and all four (2/3 each; two 1/2, three
+     * 2/5): the higher threshold wins. */
+    uint8_t l7[] = {1, 0, 0, 1};
+    CHECK_EQ_INT(met_best_f1_threshold(s7, l7, 4, &thr, &f1), 0);
+    CHECK(fabs(f1 - 2.0 / 3.0) < 1e-12 && thr > 0.8f && thr <= 0.9f);
+    /* Adjacent floats: the cut still separates them. */
+    float lo = 0.3f, hi = nextafterf(0.3f, 1.0f);
+    float s8[] = {lo, hi};
+    uint8_t l8[] = {0, 1};
+    CHECK_EQ_INT(met_best_f1_threshold(s8, l8, 2, &thr, &f1), 0);
+    CHECK(thr > lo && thr <= hi && f1 == 1.0);
+    /* Nothing to calibrate on. */
+    uint8_t none[] = {0, 0, 0, 0};
+    CHECK_EQ_INT(met_best_f1_threshold(s1, none, 4, &thr, &f1), CTG_EINVAL);
+    float sn[] = {0.1f, NAN};
+    CHECK_EQ_INT(met_best_f1_threshold(sn, l4, 2, &thr, &f1), CTG_EINVAL);
+    CHECK_EQ_INT(met_best_f1_threshold(s1, l1, 0, &thr, &f1), CTG_EINVAL);
+    return 0;
+}
+
 static int test_metrics_dice(void)
 {
     const uint8_t a[] = {0, 1, 1, 2, 0, 0};
@@ -885,6 +946,7 @@ const test_case text_tests[] = {
     {"text_kinds", test_kinds},
     {"text_phantom_vocab", test_phantom_vocab},
     {"text_metrics_auc", test_metrics_auc},
+    {"text_metrics_calibrate", test_metrics_calibrate},
     {"text_metrics_f1", test_metrics_f1},
     {"text_metrics_dice", test_metrics_dice},
     {"text_metrics_top1_macro", test_metrics_top1_macro},

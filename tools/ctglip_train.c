@@ -1,7 +1,7 @@
 /*
  * ctglip_train.c - main() of `ctglip-train`, the offline trainer: it only
  * dispatches to the subcommands, `pretrain` and `finetune` (tools/train.c)
- * and `eval` (tools/train_eval.c).
+ * and `eval` and `calibrate` (tools/train_eval.c).
  *
  * Threading: single-threaded apart from the OpenMP threads of the ops.
  */
@@ -14,7 +14,7 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: ctglip-train pretrain|finetune|eval [options]   (--help after the "
+    fprintf(f, "usage: ctglip-train pretrain|finetune|eval|calibrate [options]   (--help after the "
                "subcommand for its options)\n");
 }
 
@@ -28,6 +28,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "pretrain") == 0) return trn_pretrain_main(argc - 1, argv + 1);
     if (strcmp(cmd, "finetune") == 0) return trn_finetune_main(argc - 1, argv + 1);
     if (strcmp(cmd, "eval") == 0) return trn_eval_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "calibrate") == 0) return trn_calibrate_main(argc - 1, argv + 1);
     if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0) {
         usage(stdout);
         return 0;

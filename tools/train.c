@@ -68,7 +68,7 @@ void trn_opts_default(trn_opts *o)
     o->stage1_steps = 200;
     o->batch = 2;
     o->patch = 64;
-    o->spacing = 3.0;
+    o->spacing = 0; /* the initial model's, else 3 mm */
     o->width = 16;
     o->depth = 3;
     o->embed = 256;
@@ -268,6 +268,42 @@ fail:
     mdl_free(m);
     free(buf);
     fclose(f);
+    return rc;
+}
+
+/* What the model file says about its training: the grid, and as metadata
+ * the run's data, steps and losses.  A calibration from an initial model
+ * no longer holds and goes. */
+static int stamp_model(mdl_model *m, const trn_opts *o, const double sp[3])
+{
+    char v[64];
+    float f[3] = {(float)sp[0], (float)sp[1], (float)sp[2]};
+    mdl_set_spacing(m, f);
+    for (int i = m->n_meta - 1; i >= 0; i--)
+        if (!strncmp(m->meta[i].key, "threshold.", 10) ||
+            !strncmp(m->meta[i].key, "calibration.", 12))
+            mdl_meta_set(m, m->meta[i].key, NULL);
+    const char *base = strrchr(o->data, '/');
+    int rc = mdl_meta_set(m, "trained.data", base ? base + 1 : o->data);
+    snprintf(v, sizeof v, "%ld", o->steps);
+    if (!rc) rc = mdl_meta_set(m, "trained.steps", v);
+    snprintf(v, sizeof v, "%ld", o->stage1_steps);
+    if (!rc) rc = mdl_meta_set(m, "trained.stage1_steps", v);
+    snprintf(v, sizeof v, "%s%s%s%s", (o->losses & TRN_L_CLIP) ? "clip " : "",
+             (o->losses & TRN_L_OT) ? "ot " : "", (o->losses & TRN_L_AT) ? "at " : "",
+             o->dict > 0 && (o->losses & TRN_L_AT) ? "dict" : "");
+    size_t len = strlen(v);
+    while (len && v[len - 1] == ' ') v[--len] = 0;
+    if (!rc) rc = mdl_meta_set(m, "trained.losses", len ? v : "seg");
+    snprintf(v, sizeof v, "%d", o->dict);
+    if (!rc) rc = mdl_meta_set(m, "trained.dict", v);
+    snprintf(v, sizeof v, "%llu", (unsigned long long)o->seed);
+    if (!rc) rc = mdl_meta_set(m, "trained.seed", v);
+    if (o->init && !rc) {
+        base = strrchr(o->init, '/');
+        rc = mdl_meta_set(m, "trained.init", base ? base + 1 : o->init);
+    }
+    if (rc < 0) log_error("model metadata: %s", ctg_strerror(rc));
     return rc;
 }
 
@@ -675,7 +711,8 @@ int trn_run(const trn_opts *o)
     td_opts_default(&r->topt);
     r->topt.classes = m->class_ids;
     r->topt.nclasses = K;
-    r->topt.spacing[0] = r->topt.spacing[1] = r->topt.spacing[2] = o->spacing;
+    for (int a = 0; a < 3; a++)
+        r->topt.spacing[a] = o->spacing > 0 ? o->spacing : m->spacing[a] > 0 ? m->spacing[a] : 3.0;
     r->topt.load_report = (o->losses & TRN_L_CLIP) != 0;
     rc = td_cache_open(r->man, &r->topt, o->cache_bytes, &r->cache);
     if (rc != 0) goto fail;
@@ -752,6 +789,7 @@ int trn_run(const trn_opts *o)
     rc = ck_save(path, m, o, o->steps);
     if (rc != 0) goto fail;
     snprintf(path, sizeof path, "%s/model.ctglip", o->out);
+    if ((rc = stamp_model(m, o, r->topt.spacing)) < 0) goto fail;
     rc = mdl_save(m, path, why, sizeof why);
     if (rc != 0) {
         log_error("%s: %s", path, why);
@@ -787,7 +825,7 @@ static void usage(FILE *f, const char *cmd)
             "usage: ctglip-train %s --data MANIFEST --out DIR%s [options]\n"
             "  --steps N          total steps (1000)\n"
             "  --stage1-steps N   segmentation-only steps first (200; finetune 0)\n"
-            "  --batch B --patch P --spacing MM   (2, 64, 3)\n"
+            "  --batch B --patch P --spacing MM   (2, 64, the initial model's or 3)\n"
             "  --width W --depth D --embed E      (16, 3, 256)\n"
             "  --no-text-proj     no trainable text projection (embed = text dim)\n"
             "  --lr LR --min-lr LR --wd WD --clip-grad G --warmup N\n"

@@ -44,9 +44,10 @@ typedef struct ev_opts {
     const char *model, *data, *out, *findings, *vocab, *table, *rows;
     int text;
     float threshold;        /* < 0: each finding's own */
-    double spacing[3];
+    double spacing[3];      /* 0: the model's training spacing (else 3 mm) */
     float overlap;
     int threads;
+    int min_pos;            /* calibrate: positives a finding needs for its own threshold */
 } ev_opts;
 
 /* Scores and labels of one finding over all scored organs. */
@@ -60,6 +61,7 @@ typedef struct ev_fscores {
 /* What one model scored on the data. */
 typedef struct ev_result {
     char identity[65];
+    double spacing[3];      /* the grid the cases were evaluated on */
     int cases, skipped, k;
     long organs, segmented, correct, unlisted;
     long present[MDL_MAX_CLASSES + 1], hit[MDL_MAX_CLASSES + 1];
@@ -68,6 +70,8 @@ typedef struct ev_result {
     int class_ids[MDL_MAX_CLASSES];
     int nf;
     ev_fscores *fs;
+    float *thr;             /* [nf] the thresholds the prompts decided with */
+    int *thr_src;           /* [nf] ZS_THR_* */
     /* Aggregates. */
     double organ_top1, organ_top1_segmented;
     double *auc, *ppv, *sens, *f1;
@@ -84,6 +88,8 @@ static void ev_result_clear(ev_result *r)
         free(r->fs[f].label);
     }
     free(r->fs);
+    free(r->thr);
+    free(r->thr_src);
     free(r->auc);
     free(r->ppv);
     free(r->sens);
@@ -180,13 +186,13 @@ fail:
     return rc;
 }
 
-static void aggregate(ev_result *r, const zs_list *l, float thr_override)
+static void aggregate(ev_result *r, float thr_override)
 {
     r->organ_top1 = r->organs ? (double)r->correct / (double)r->organs : NAN;
     r->organ_top1_segmented = r->segmented ? (double)r->correct / (double)r->segmented : NAN;
     for (int f = 0; f < r->nf; f++) {
         ev_fscores *s = &r->fs[f];
-        float thr = thr_override >= 0 ? thr_override : l->f[f].threshold;
+        float thr = thr_override >= 0 ? thr_override : r->thr[f];
         r->auc[f] = NAN;
         if (s->n && met_auc(s->score, s->label, s->n, &r->auc[f]) < 0) r->auc[f] = NAN;
         r->cnt[f] = met_count(s->score, s->label, s->n, thr);
@@ -240,6 +246,8 @@ static int eval_model(const ev_opts *o, const char *path, const td_manifest *man
         !(r->sens = calloc((size_t)l->n, sizeof(double))) ||
         !(r->f1 = calloc((size_t)l->n, sizeof(double))) ||
         !(r->cnt = calloc((size_t)l->n, sizeof(met_counts))) ||
+        !(r->thr = calloc((size_t)l->n, sizeof(float))) ||
+        !(r->thr_src = calloc((size_t)l->n, sizeof(int))) ||
         !(embed = malloc(sizeof(float) * (size_t)(k + 1) * e)) ||
         !(count = malloc(sizeof(int64_t) * (size_t)(k + 1))) ||
         !(sc = malloc(sizeof(zs_score) * (size_t)l->n)))
@@ -249,6 +257,7 @@ static int eval_model(const ev_opts *o, const char *path, const td_manifest *man
         fprintf(stderr, "eval: %s: %s\n", path, why);
         goto fail;
     }
+    for (int f = 0; f < l->n; f++) r->thr[f] = zs_threshold(zp, f, &r->thr_src[f]);
     if ((rc = mdl_acts_new(m, 1, m->cfg.patch[0], m->cfg.patch[1], m->cfg.patch[2], &acts)) < 0) {
         fprintf(stderr, "eval: %s: activations: %s\n", path, ctg_strerror(rc));
         goto fail;
@@ -258,7 +267,10 @@ static int eval_model(const ev_opts *o, const char *path, const td_manifest *man
     td_opts_default(&to);
     to.classes = m->class_ids;
     to.nclasses = k;
-    memcpy(to.spacing, o->spacing, sizeof to.spacing);
+    /* The grid: --spacing, else the model's training spacing, else 3 mm. */
+    for (int a = 0; a < 3; a++)
+        r->spacing[a] = o->spacing[0] > 0 ? o->spacing[a] : m->spacing[a] > 0 ? m->spacing[a] : 3.0;
+    memcpy(to.spacing, r->spacing, sizeof to.spacing);
     to.augment = 0;
     double t0 = ctg_mono();
     for (int i = 0; i < man->n; i++) {
@@ -276,7 +288,7 @@ static int eval_model(const ev_opts *o, const char *path, const td_manifest *man
             goto fail;
         }
     }
-    aggregate(r, l, o->threshold);
+    aggregate(r, o->threshold);
     fprintf(stderr, "eval: %s: %d cases (%d skipped) in %.1f s: organ top-1 %.3f, macro AUC %.3f, "
                     "macro F1 %.3f, mean Dice %.3f\n",
             path, r->cases, r->skipped, ctg_mono() - t0, r->organ_top1, r->macro_auc,
@@ -317,7 +329,7 @@ static cJSON *result_json(const ev_result *r, const zs_list *l, const ev_opts *o
     if (o->threshold >= 0) cJSON_AddNumberToObject(j, "threshold", o->threshold);
     else cJSON_AddStringToObject(j, "threshold", "per finding");
     cJSON *sp = cJSON_AddArrayToObject(j, "spacing_mm");
-    for (int a = 0; a < 3; a++) cJSON_AddItemToArray(sp, cJSON_CreateNumber(o->spacing[a]));
+    for (int a = 0; a < 3; a++) cJSON_AddItemToArray(sp, cJSON_CreateNumber(r->spacing[a]));
     cJSON_AddNumberToObject(j, "cases", r->cases);
     cJSON_AddNumberToObject(j, "cases_skipped", r->skipped);
 
@@ -358,6 +370,10 @@ static cJSON *result_json(const ev_result *r, const zs_list *l, const ev_opts *o
         add_num(x, "sensitivity", r->sens[f]);
         add_num(x, "f1", r->f1[f]);
         add_num(x, "auc", r->auc[f]);
+        add_num(x, "threshold", o->threshold >= 0 ? o->threshold : r->thr[f]);
+        static const char *src[] = {"default", "model", "findings list"};
+        cJSON_AddStringToObject(x, "threshold_source",
+                                o->threshold >= 0 ? "--threshold" : src[r->thr_src[f]]);
     }
     cJSON_AddNumberToObject(ab, "scored", (double)scored);
     cJSON_AddNumberToObject(ab, "positives", (double)pos);
@@ -454,7 +470,13 @@ static void usage(void)
             "         [--threshold T] [--spacing MM[,MM,MM]] [--vocab FILE]\n"
             "         [--overlap F] [--threads N]\n"
             "         [--table REPORT.md --rows 'NAME=MODEL,NAME=MODEL,...']\n"
-            "  --model may be left out with --rows: the report then covers the last row.\n");
+            "  --model may be left out with --rows: the report then covers the last row.\n"
+            "  --spacing defaults to the model's training spacing.\n"
+            "usage: ctglip-train calibrate --model M --data MANIFEST --out CALIBRATED_MODEL\n"
+            "         [--findings F] [--text train|heldout|all] [--spacing MM] [--vocab FILE]\n"
+            "         [--overlap F] [--threads N] [--min-positives N (3)]\n"
+            "  Writes the model again with each finding's F1-optimal decision threshold on\n"
+            "  the data (a finding with fewer positives gets the pooled one).\n");
 }
 
 static int parse_spacing(const char *s, double sp[3])
@@ -491,15 +513,109 @@ static int parse_rows(char *s, char names[][64], char **paths, int *nrows)
     return *nrows ? 0 : -1;
 }
 
-int trn_eval_main(int argc, char **argv)
+/* Per-finding F1-optimal thresholds from the scores in r, written into the
+ * model at o->model as metadata and saved to o->out. */
+static int calibrate(const ev_opts *o, const zs_list *l, const ev_result *r)
+{
+    char why[512] = "", val[64];
+    mdl_model *m = NULL;
+    int rc = mdl_load(o->model, &m, why, sizeof why);
+    if (rc < 0) {
+        fprintf(stderr, "calibrate: %s: %s\n", o->model, why);
+        return rc;
+    }
+    /* Old calibration goes; this one replaces it whole. */
+    for (int i = m->n_meta - 1; i >= 0; i--)
+        if (!strncmp(m->meta[i].key, "threshold.", 10) ||
+            !strncmp(m->meta[i].key, "calibration.", 12))
+            mdl_meta_set(m, m->meta[i].key, NULL);
+    /* The pooled threshold, for findings with too few positives of their
+     * own. */
+    size_t tot = 0;
+    for (int f = 0; f < r->nf; f++) tot += r->fs[f].n;
+    float *ps = malloc(sizeof(float) * (tot ? tot : 1));
+    uint8_t *pl = malloc(tot ? tot : 1);
+    rc = CTG_ENOMEM;
+    if (!ps || !pl) goto out;
+    size_t k = 0;
+    for (int f = 0; f < r->nf; f++) {
+        memcpy(ps + k, r->fs[f].score, sizeof(float) * r->fs[f].n);
+        memcpy(pl + k, r->fs[f].label, r->fs[f].n);
+        k += r->fs[f].n;
+    }
+    float pooled = NAN, thr;
+    double f1;
+    rc = met_best_f1_threshold(ps, pl, tot, &pooled, &f1);
+    if (rc == CTG_ENOMEM) goto out;
+    if (rc == 0) {
+        pooled = fminf(fmaxf(pooled, 1e-6f), 1 - 1e-6f);
+        snprintf(val, sizeof val, "%.6g", (double)pooled);
+        if ((rc = mdl_meta_set(m, ZS_META_POOLED, val)) < 0) goto out;
+        fprintf(stderr, "calibrate: pooled over %zu scores: threshold %.4f (F1 %.3f)\n", tot,
+                (double)pooled, f1);
+    } else {
+        fprintf(stderr, "calibrate: no positive finding in the data: nothing to calibrate on\n");
+        rc = CTG_EINVAL;
+        goto out;
+    }
+    int own = 0;
+    for (int f = 0; f < r->nf; f++) {
+        const ev_fscores *s = &r->fs[f];
+        size_t np = 0;
+        for (size_t i = 0; i < s->n; i++) np += s->label[i];
+        if ((int)np < o->min_pos || np == s->n) {
+            if (s->n)
+                fprintf(stderr, "calibrate: %-24s %4zu scored, %3zu positive: pooled threshold\n",
+                        l->f[f].key, s->n, np);
+            continue;
+        }
+        if ((rc = met_best_f1_threshold(s->score, s->label, s->n, &thr, &f1)) < 0) goto out;
+        thr = fminf(fmaxf(thr, 1e-6f), 1 - 1e-6f);
+        char key[MDL_META_KEY + 16];
+        if (snprintf(key, sizeof key, "threshold.%s", l->f[f].key) >= MDL_META_KEY) {
+            fprintf(stderr, "calibrate: %s: key too long for the model: pooled threshold\n",
+                    l->f[f].key);
+            continue;
+        }
+        snprintf(val, sizeof val, "%.6g", (double)thr);
+        if ((rc = mdl_meta_set(m, key, val)) < 0) goto out;
+        own++;
+        fprintf(stderr, "calibrate: %-24s %4zu scored, %3zu positive: threshold %.4f (F1 %.3f)\n",
+                l->f[f].key, s->n, np, (double)thr, f1);
+    }
+    snprintf(val, sizeof val, "%d", r->cases);
+    rc = mdl_meta_set(m, "calibration.cases", val);
+    if (!rc) rc = mdl_meta_set(m, "calibration.text", o->text == ZS_TEXT_TRAIN     ? "train"
+                                                      : o->text == ZS_TEXT_HELDOUT ? "heldout"
+                                                                                   : "all");
+    if (!rc) rc = mdl_meta_set(m, "calibration.objective", "f1");
+    const char *base = strrchr(o->data, '/');
+    if (!rc) rc = mdl_meta_set(m, "calibration.data", base ? base + 1 : o->data);
+    if (rc < 0) goto out;
+    if ((rc = mdl_save(m, o->out, why, sizeof why)) < 0) {
+        fprintf(stderr, "calibrate: %s: %s\n", o->out, why);
+        goto out;
+    }
+    fprintf(stderr, "calibrate: %d findings with their own threshold, the rest pooled; wrote %s (%s)\n",
+            own, o->out, mdl_identity(m));
+    rc = 0;
+out:
+    free(ps);
+    free(pl);
+    mdl_free(m);
+    return rc;
+}
+
+static int eval_cli(int argc, char **argv, int cal)
 {
     static char findings[4096], vocab[4096];
     ev_opts o = {.findings = ctg_data_path("etc/findings.tsv", findings, sizeof findings),
                  .vocab = ctg_data_path(TXT_GLOVE_DEFAULT, vocab, sizeof vocab),
                  .text = ZS_TEXT_TRAIN,
                  .threshold = -1,
-                 .spacing = {3, 3, 3},
-                 .overlap = 0.25f};
+                 .overlap = 0.25f,
+                 .min_pos = 3};
+    const char *cmd = cal ? "calibrate" : "eval";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -508,7 +624,7 @@ int trn_eval_main(int argc, char **argv)
             return 0;
         }
         if (!v) {
-            fprintf(stderr, "eval: %s needs a value\n", a);
+            fprintf(stderr, "%s: %s needs a value\n", cmd, a);
             usage();
             return 2;
         }
@@ -519,14 +635,21 @@ int trn_eval_main(int argc, char **argv)
         else if (!strcmp(a, "--out")) o.out = v;
         else if (!strcmp(a, "--findings")) o.findings = v;
         else if (!strcmp(a, "--vocab")) o.vocab = v;
-        else if (!strcmp(a, "--table")) o.table = v;
-        else if (!strcmp(a, "--rows")) o.rows = v;
+        else if (!strcmp(a, "--table") && !cal) o.table = v;
+        else if (!strcmp(a, "--rows") && !cal) o.rows = v;
+        else if (!strcmp(a, "--min-positives") && cal) {
+            o.min_pos = (int)strtol(v, &end, 10);
+            if (end == v || *end || o.min_pos < 1 || o.min_pos > 1000000) {
+                fprintf(stderr, "calibrate: --min-positives must be a positive count\n");
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--text")) {
             if ((o.text = zs_text_parse(v)) < 0) {
                 fprintf(stderr, "eval: --text must be train, heldout or all\n");
                 return 2;
             }
-        } else if (!strcmp(a, "--threshold")) {
+        } else if (!strcmp(a, "--threshold") && !cal) {
             o.threshold = strtof(v, &end);
             if (end == v || *end || !(o.threshold > 0 && o.threshold < 1)) {
                 fprintf(stderr, "eval: --threshold must be in (0, 1)\n");
@@ -550,10 +673,15 @@ int trn_eval_main(int argc, char **argv)
                 return 2;
             }
         } else {
-            fprintf(stderr, "eval: unknown option %s\n", a);
+            fprintf(stderr, "%s: unknown option %s\n", cmd, a);
             usage();
             return 2;
         }
+    }
+    if (cal && (!o.model || !o.data || !o.out)) {
+        fprintf(stderr, "calibrate: --model, --data and --out are required\n");
+        usage();
+        return 2;
     }
     if ((!o.model && !o.rows) || !o.data || !o.out || (!o.table != !o.rows)) {
         fprintf(stderr, "eval: --data, --out and --model (or --table with --rows) are required; "
@@ -613,7 +741,11 @@ int trn_eval_main(int argc, char **argv)
         main_model = paths[nrows - 1];
     }
     if (!res[main_idx].cases) {
-        fprintf(stderr, "eval: no case could be evaluated\n");
+        fprintf(stderr, "%s: no case could be evaluated\n", cmd);
+        goto fail;
+    }
+    if (cal) {
+        status = calibrate(&o, l, &res[main_idx]) < 0;
         goto fail;
     }
 
@@ -652,3 +784,6 @@ fail:
     zs_list_free(l);
     return status;
 }
+
+int trn_eval_main(int argc, char **argv) { return eval_cli(argc, argv, 0); }
+int trn_calibrate_main(int argc, char **argv) { return eval_cli(argc, argv, 1); }

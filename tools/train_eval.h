@@ -19,4 +19,13 @@
  * 2 usage. */
 int trn_eval_main(int argc, char **argv);
 
+/* ctglip-train calibrate --model M --data MANIFEST --out CALIBRATED
+ *     [--findings F] [--text T] [--spacing MM] [--vocab FILE] [--overlap F]
+ *     [--threads N] [--min-positives N]
+ * Scores the data as eval does and writes the model again with, as
+ * metadata, each finding's F1-optimal decision threshold (findings with
+ * fewer than N positives get the threshold pooled over all findings) and
+ * what it was calibrated on.  Same exit statuses. */
+int trn_calibrate_main(int argc, char **argv);
+
 #endif
