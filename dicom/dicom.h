@@ -192,6 +192,7 @@ typedef struct dcm_vol_info {
      * skipped are set. */
     char (*slice_sop)[65];
     int *slice_frame;
+    int slice_axis;        /* the canonical axis (0 i, 1 j, 2 k) the records run along */
     /* One line per series that was not chosen, with the reason
      * ("1.2.3: localizer (ImageType LOCALIZER)"); truncated to fit. */
     char skipped[1024];
@@ -262,6 +263,124 @@ typedef struct dcm_ct_meta {
  * Returns 0 or CTG_E* with the reason in why. */
 int dcm_write_ct_series(const char *dir, const ctg_vol *vol,
                         const dcm_ct_meta *meta, char *why, size_t n);
+
+
+/* ---- derived objects: DICOM SEG and TID 1500 SR (seg.cc, sr.cc) ----------- */
+
+/* A coded concept; value NULL or "" means none. */
+typedef struct dcm_code {
+    const char *value, *scheme, *meaning; /* e.g. "10200004", "SCT", "Liver" */
+} dcm_code;
+
+/* Who made a derived object: the equipment and the model. */
+typedef struct dcm_equipment {
+    const char *manufacturer;     /* "ctglip" */
+    const char *software_version; /* ctglip's version */
+    const char *model_name;       /* algorithm name, e.g. "ctglip CT-GLIP default" */
+    const char *model_version;    /* the model's identity, SHA-256 hex (64 chars) */
+    const char *device_uid;       /* UID derived from the model checksum (dcm_uid_from_hex) */
+    const char *institution;      /* may be NULL */
+    /* Content/Instance Creation Date (YYYYMMDD) and Time (HHMMSS); NULL:
+     * the clock.  Given, two runs with the same input write the same
+     * content (UIDs aside). */
+    const char *creation_date, *creation_time;
+} dcm_equipment;
+
+/* The source series a derived object is made from. */
+typedef struct dcm_source {
+    const char *const *files;   /* every file of the source series (paths) */
+    int nfiles;
+    const dcm_vol_info *info;   /* from dcm_series_volume on those files */
+} dcm_source;
+
+/* A UID made from a hex string (e.g. a SHA-256): "2.25." followed by the
+ * decimal value of its first 128 bits.  out gets at most 64 characters
+ * plus NUL.  Returns 0 or CTG_EINVAL (fewer than 32 hex digits). */
+int dcm_uid_from_hex(const char *hex, char out[65]);
+
+typedef struct dcm_seg_segment {
+    int label;                  /* its value in the label map, 1..255 */
+    const char *label_name;     /* Segment Label, e.g. "kidney_left" */
+    dcm_code category;          /* e.g. 123037004 SCT "Anatomical Structure" */
+    dcm_code type;              /* e.g. 64033007 SCT "Kidney" */
+    dcm_code type_modifier;     /* laterality, e.g. 7771000 SCT "Left"; or none */
+    uint8_t rgb[3];             /* display colour (written as CIELab) */
+    const char *tracking_id;    /* may be NULL */
+    const char *tracking_uid;   /* may be NULL */
+} dcm_seg_segment;
+
+typedef struct dcm_seg_input {
+    const dcm_source *src;
+    /* CTG_U8 label map on the grid of the volume dcm_series_volume built
+     * from src (same size and affine). */
+    const ctg_vol *labels;
+    int nsegments;              /* segment i is Segment Number i+1 */
+    const dcm_seg_segment *segments;
+    const dcm_equipment *eq;
+    const char *series_uid;     /* NULL: new */
+    int series_number;
+    const char *series_desc;    /* NULL: "ctglip organ segmentation" */
+} dcm_seg_input;
+
+/* Writes a binary Segmentation Storage object (DCMTK dcmseg): patient,
+ * study and frame of reference from the source; one frame per segment
+ * and source slice where the segment has voxels, in the plane of that
+ * slice, referencing it (Derivation Image, Source Image); algorithm
+ * identification (type AUTOMATIC, name and version from eq).  The file
+ * goes to a temp name, is fsynced and renamed.  sop_uid (may be NULL)
+ * gets the new SOP Instance UID.  Returns 0 or CTG_E* with the reason in
+ * why. */
+int dcm_write_seg(const dcm_seg_input *in, const char *path, char sop_uid[65], char *why,
+                  size_t n);
+
+/* One configured finding evaluated on one organ. */
+typedef struct dcm_sr_finding {
+    dcm_code finding;           /* SNOMED CT where one exists, else a ctglip private code */
+    int present;                /* the qualitative evaluation: present / absent */
+    double probability;         /* 0..1, also a numeric measurement */
+    double threshold;           /* the decision threshold used */
+} dcm_sr_finding;
+
+/* One organ: a TID 1411 volumetric ROI group. */
+typedef struct dcm_sr_organ {
+    int segment_number;         /* its segment in the SEG */
+    const char *tracking_id;    /* e.g. "kidney_left" */
+    const char *tracking_uid;
+    dcm_code site;              /* finding site, e.g. 64033007 SCT "Kidney" */
+    dcm_code laterality;        /* or none */
+    double volume_ml;
+    double mean_hu;
+    int low_confidence;         /* the zero-shot organ check failed */
+    const char *nearest;        /* with low_confidence: the organ it looked most like */
+    int nfindings;
+    const dcm_sr_finding *findings;
+} dcm_sr_organ;
+
+typedef struct dcm_sr_input {
+    const dcm_source *src;
+    const char *seg_path;       /* the SEG the organs' segment numbers refer to */
+    int norgans;
+    const dcm_sr_organ *organs;
+    const dcm_equipment *eq;
+    const char *predecessor_path; /* an earlier SR of this study it replaces; NULL: none */
+    const char *series_uid;     /* NULL: new */
+    int series_number;
+    const char *series_desc;    /* NULL: "ctglip findings" */
+} dcm_sr_input;
+
+/* Writes a Comprehensive 3D SR holding a TID 1500 Measurement Report
+ * (DCMTK dcmsr/cmr): patient and study from the source, a new series,
+ * procedure reported, device observer context, image library, one TID 1411
+ * group per organ (tracking identifier and UID, finding site with
+ * laterality, referenced segment, source series, volume and mean HU, one
+ * qualitative evaluation per finding with its probability as a
+ * measurement, TID 4019 algorithm identification), Contributing Equipment
+ * naming the model with eq->device_uid, evidence references to the source
+ * instances and the SEG, and Predecessor Documents when predecessor_path
+ * is given.  Durable write as dcm_write_seg.  Returns 0 or CTG_E* with the
+ * reason in why. */
+int dcm_write_sr(const dcm_sr_input *in, const char *path, char sop_uid[65], char *why,
+                 size_t n);
 
 #ifdef __cplusplus
 }

@@ -1235,6 +1235,7 @@ static int build(const char *const *paths, size_t npaths, const dcm_vol_opts &o,
     info->enhanced = s.enhanced;
     info->slice_sop = sop;
     info->slice_frame = frame;
+    info->slice_axis = axis;
     if (plan.filled)
         log_info("series %s: %d missing slice(s) filled by interpolation", series_name(s),
                  plan.filled);

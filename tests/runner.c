@@ -34,7 +34,8 @@ static const test_case *const unit_tables[] = {store_tests,  queue_tests,   conf
                                                 fuzz_tests,   vol_tests,     volume_tests,
                                                 phantom_tests, ctvol_tests,  ops_tests,
                                                 text_tests,    model_tests,  data_tests,
-                                                eval_tests,    train_tests};
+                                                eval_tests,    train_tests,  seg_tests,
+                                                sr_tests,      outbox_tests, analysis_tests};
 
 typedef struct entry {
     char name[128];

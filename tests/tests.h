@@ -63,5 +63,9 @@ extern const test_case model_tests[];   /* test_model.c: network, gradients, mod
 extern const test_case eval_tests[];    /* test_eval.c: findings list, zero-shot scoring, ctglip-train eval */
 extern const test_case train_tests[];   /* test_train.c: CT-GLIP losses, training loop, resume */
 extern const test_case data_tests[];    /* test_data.c: trainer data layer (manifest, cases, cache, patches) */
+extern const test_case seg_tests[];     /* test_seg.c: DICOM SEG writer */
+extern const test_case sr_tests[];      /* test_sr.c: TID 1500 SR writer */
+extern const test_case outbox_tests[];  /* test_outbox.c: export outbox (store) */
+extern const test_case analysis_tests[]; /* test_analysis.c: study analysis (core/analysis.h) */
 
 #endif

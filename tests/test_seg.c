@@ -1,0 +1,8 @@
+/*
+ * test_seg.c - DICOM SEG writer (dicom/seg.cc).
+ */
+#include "tests.h"
+
+const test_case seg_tests[] = {
+    {NULL, NULL},
+};
