@@ -154,7 +154,7 @@ install: all
 	    $(DESTDIR)$(PREFIX)/share/ctglip/etc
 	install -m 0755 $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/ctglip-train $(DESTDIR)$(PREFIX)/bin/
 	install -m 0644 models/glove100.vocab models/GLOVE-LICENSE.md $(DESTDIR)$(PREFIX)/share/ctglip/models/
-	install -m 0644 etc/findings.tsv $(DESTDIR)$(PREFIX)/share/ctglip/etc/
+	install -m 0644 etc/findings.conf $(DESTDIR)$(PREFIX)/share/ctglip/etc/
 	test -e $(DESTDIR)/etc/ctglip/ctglipd.conf || \
 	    install -m 0644 etc/ctglipd.conf $(DESTDIR)/etc/ctglip/ctglipd.conf
 	install -m 0644 systemd/ctglipd.service $(DESTDIR)/lib/systemd/system/

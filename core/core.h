@@ -97,7 +97,7 @@ int ctg_fsync_dir(const char *dir);
  * fsync of its parent. */
 int ctg_mkdirs(const char *path);
 /* A file that ships with ctglip (e.g. "models/glove100.vocab",
- * "etc/findings.tsv"), found from any working folder: under $CTGLIP_HOME
+ * "etc/findings.conf"), found from any working folder: under $CTGLIP_HOME
  * when set; else beside the program's folder (build/../REL in a checkout,
  * PREFIX/share/ctglip/REL once installed) when readable there; else REL
  * itself.  Writes the path into out (n bytes) and returns out. */

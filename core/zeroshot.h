@@ -1,6 +1,6 @@
 /*
  * zeroshot.h - zero-shot scoring of organ embeddings against text prompts
- * (prefix zs_): the findings list (etc/findings.tsv), the prompt
+ * (prefix zs_): the findings list (etc/findings.conf), the prompt
  * embeddings of one model, organ classification by the nearest organ
  * prompt, and the abnormality probability of a finding as the softmax over
  * {positive, negative} prompt of cosine / tau.  Part of core/'s public
@@ -65,7 +65,7 @@ typedef struct zs_list {
     zs_finding *f;
 } zs_list;
 
-/* Parses a findings list (format in etc/findings.tsv's header): TAB-
+/* Parses a findings list (format in etc/findings.conf's header): TAB-
  * separated key, organs, positive, negative, SNOMED code, SNOMED meaning,
  * display name, optional threshold.  Any bad line rejects the whole list
  * with CTG_ECONFIG and "NAME:LINE: reason" in why (name is what errors

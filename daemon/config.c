@@ -43,6 +43,12 @@ void ctg_config_defaults(ctg_config *c)
     c->max_attempts = 3;
     c->retry_base_seconds = 30;
     c->retry_max_seconds = 3600;
+    snprintf(c->model_path, sizeof c->model_path, "models/default.ctglip");
+    snprintf(c->findings_path, sizeof c->findings_path, "etc/findings.conf");
+    snprintf(c->vocab_path, sizeof c->vocab_path, "models/glove100.vocab");
+    c->model_threads = 0;
+    c->model_overlap = 0.25;
+    snprintf(c->device, sizeof c->device, "auto");
     snprintf(c->http_bind, sizeof c->http_bind, "127.0.0.1");
     c->http_port = 0;
     c->log_level = CTG_LOG_INFO;
@@ -137,7 +143,15 @@ int ctg_config_apply_reloadable(ctg_config *dst, const ctg_config *src)
                   strcmp(src->tls_ca_file, dst->tls_ca_file) ||
                   src->reserve_bytes != dst->reserve_bytes ||
                   src->max_instance_bytes != dst->max_instance_bytes ||
-                  src->http_port != dst->http_port || strcmp(src->http_bind, dst->http_bind);
+                  src->http_port != dst->http_port || strcmp(src->http_bind, dst->http_bind) ||
+                  strcmp(src->model_path, dst->model_path) ||
+                  strcmp(src->vocab_path, dst->vocab_path) ||
+                  src->model_threads != dst->model_threads || strcmp(src->device, dst->device);
+    /* The findings list, its prompt phrasings and the overlap reload: the
+     * workers pick them up before their next job. */
+    memcpy(dst->findings_path, src->findings_path, sizeof dst->findings_path);
+    memcpy(dst->model_text, src->model_text, sizeof dst->model_text);
+    dst->model_overlap = src->model_overlap;
     dst->any_ae = src->any_ae;
     memcpy(dst->allow_ae, src->allow_ae, sizeof dst->allow_ae);
     dst->n_allow_ae = src->n_allow_ae;
@@ -372,6 +386,31 @@ static int handler(void *user, const char *section, const char *name, const char
         return 1;
     }
 
+    PATH_KEY("model", "path", model_path)
+    PATH_KEY("model", "findings", findings_path)
+    PATH_KEY("model", "vocab", vocab_path)
+    INT_KEY("model", "threads", model_threads, 0, 1024)
+    if (!strcmp(section, "model") && !strcmp(name, "text")) {
+        if (strcmp(value, "train") && strcmp(value, "heldout") && strcmp(value, "all") && *value)
+            return fail(p, "text must be train, heldout, all or empty, not '%s'%s", value, "");
+        snprintf(c->model_text, sizeof c->model_text, "%s", value);
+        return 1;
+    }
+    if (!strcmp(section, "model") && !strcmp(name, "overlap")) {
+        char *end;
+        double v = strtod(value, &end);
+        if (end == value || *end || !(v >= 0 && v <= 0.9))
+            return fail(p, "overlap must be a number in 0..0.9, not '%s'%s", value, "");
+        c->model_overlap = v;
+        return 1;
+    }
+    if (!strcmp(section, "model") && !strcmp(name, "device")) {
+        if (strcmp(value, "cpu") && strcmp(value, "cuda") && strcmp(value, "auto"))
+            return fail(p, "device must be cpu, cuda or auto, not '%s'%s", value, "");
+        snprintf(c->device, sizeof c->device, "%s", value);
+        return 1;
+    }
+
     INT_KEY("http", "port", http_port, 0, 65535)
     if (!strcmp(section, "http") && !strcmp(name, "bind")) {
         ctg_cidr tmp;
@@ -390,7 +429,7 @@ static int handler(void *user, const char *section, const char *name, const char
 
     if (strcmp(section, "dicom") && strcmp(section, "tls") && strcmp(section, "access") &&
         strcmp(section, "store") && strcmp(section, "queue") && strcmp(section, "daemon") &&
-        strcmp(section, "http"))
+        strcmp(section, "http") && strcmp(section, "model"))
         return fail(p, "unknown section [%s]%s", section, "");
     return fail(p, "unknown key '%s' in [%s]", name, section);
 }

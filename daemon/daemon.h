@@ -67,6 +67,14 @@ typedef struct ctg_config {
     double lease_seconds;
     int max_attempts;
     double retry_base_seconds, retry_max_seconds;
+    /* [model] */
+    char model_path[PATH_MAX];    /* "" : receive and queue only; jobs just build the volume */
+    char findings_path[PATH_MAX];
+    char vocab_path[PATH_MAX];
+    char model_text[16];          /* prompt phrasings: train, heldout, all, or "" = calibration's */
+    int model_threads;            /* ops threads per worker; 0 = cores / workers */
+    double model_overlap;         /* sliding-window overlap, 0..0.9 */
+    char device[16];              /* cpu, cuda or auto */
     /* [http] */
     char http_bind[64];
     int http_port;

@@ -1,5 +1,5 @@
 /*
- * test_eval.c - the findings list (etc/findings.tsv), zero-shot scoring
+ * test_eval.c - the findings list (etc/findings.conf), zero-shot scoring
  * (core/zeroshot.c) and `ctglip-train eval` (tools/train_eval.c): the
  * shipped list covers every abnormality the phantom generator draws, on
  * the organs it draws them on; bad lines are refused naming file and line;
@@ -83,14 +83,14 @@ static int test_list_covers_phantom(void)
 {
     char why[512] = "";
     zs_list *l = NULL;
-    int rc = zs_list_load(root_path("etc/findings.tsv"), &l, why, sizeof why);
+    int rc = zs_list_load(root_path("etc/findings.conf"), &l, why, sizeof why);
     if (rc) fprintf(stderr, "%s\n", why);
     CHECK_EQ_INT(rc, 0);
     CHECK_EQ_INT(PH_A_COUNT, (int)(sizeof where / sizeof where[0]));
     for (int a = 0; a < PH_A_COUNT; a++) {
         const char *key = ph_abn_name(a);
         int f = zs_list_find(l, key);
-        if (f < 0) fprintf(stderr, "findings.tsv lacks %s\n", key);
+        if (f < 0) fprintf(stderr, "findings.conf lacks %s\n", key);
         CHECK(f >= 0);
         int w = -1;
         for (int i = 0; i < PH_A_COUNT; i++)
@@ -275,7 +275,7 @@ static int test_zeroshot_scoring(void)
 {
     char why[512] = "";
     zs_list *l = NULL;
-    CHECK_EQ_INT(zs_list_load(root_path("etc/findings.tsv"), &l, why, sizeof why), 0);
+    CHECK_EQ_INT(zs_list_load(root_path("etc/findings.conf"), &l, why, sizeof why), 0);
     txt_encoder *enc = open_glove();
     CHECK(enc);
     int d = txt_dim(enc);
@@ -337,7 +337,7 @@ static int test_eval_end_to_end(void)
     txt_close(enc);
 
     char findings[4096], vocab[4096];
-    snprintf(findings, sizeof findings, "%s", root_path("etc/findings.tsv"));
+    snprintf(findings, sizeof findings, "%s", root_path("etc/findings.conf"));
     snprintf(vocab, sizeof vocab, "%s", root_path(TXT_GLOVE_DEFAULT));
     char *argv[] = {"eval", "--model", "m.ctglip", "--data", "p/manifest.jsonl", "--out",
                     "r.json", "--findings", findings, "--vocab", vocab, "--spacing", "6",
@@ -494,7 +494,7 @@ static int test_calibrate(void)
     mdl_free(m);
 
     char findings[4096], vocab[4096];
-    snprintf(findings, sizeof findings, "%s", root_path("etc/findings.tsv"));
+    snprintf(findings, sizeof findings, "%s", root_path("etc/findings.conf"));
     snprintf(vocab, sizeof vocab, "%s", root_path(TXT_GLOVE_DEFAULT));
     char *cal[] = {"calibrate", "--model", "m.ctglip", "--data", "p/manifest.jsonl", "--out",
                    "mc.ctglip", "--findings", findings, "--vocab", vocab, "--threads", "1",

@@ -466,7 +466,7 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: ctglip-train eval --model M --data MANIFEST --out REPORT.json\n"
-            "         [--findings etc/findings.tsv] [--text train|heldout|all]\n"
+            "         [--findings etc/findings.conf] [--text train|heldout|all]\n"
             "         [--threshold T] [--spacing MM[,MM,MM]] [--vocab FILE]\n"
             "         [--overlap F] [--threads N]\n"
             "         [--table REPORT.md --rows 'NAME=MODEL,NAME=MODEL,...']\n"
@@ -609,7 +609,7 @@ out:
 static int eval_cli(int argc, char **argv, int cal)
 {
     static char findings[4096], vocab[4096];
-    ev_opts o = {.findings = ctg_data_path("etc/findings.tsv", findings, sizeof findings),
+    ev_opts o = {.findings = ctg_data_path("etc/findings.conf", findings, sizeof findings),
                  .vocab = ctg_data_path(TXT_GLOVE_DEFAULT, vocab, sizeof vocab),
                  .text = ZS_TEXT_TRAIN,
                  .threshold = -1,

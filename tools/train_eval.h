@@ -11,7 +11,7 @@
 #define CTGLIP_TRAIN_EVAL_H
 
 /* ctglip-train eval --model M --data MANIFEST --out REPORT.json
- *     [--findings etc/findings.tsv] [--text train|heldout|all]
+ *     [--findings etc/findings.conf] [--text train|heldout|all]
  *     [--threshold T] [--spacing MM[,MM,MM]] [--vocab FILE]
  *     [--overlap F] [--threads N]
  *     [--table REPORT.md --rows 'NAME=MODEL,NAME=MODEL,...']
