@@ -27,7 +27,7 @@ WARN     := -Wall -Wextra -Wshadow
 CPPFLAGS += -D_GNU_SOURCE -I. -I/usr/include/nifti -MMD -MP -DHAVE_SYSTEMD=1
 CFLAGS   += -std=gnu11 $(OPT) -g $(WARN) -Wstrict-prototypes -pthread -fopenmp
 CXXFLAGS += -std=c++17 $(OPT) -g $(WARN) -pthread
-LDLIBS_DCMTK := -ldcmseg -ldcmfg -ldcmiod -ldcmsr -ldcmimage -ldcmtls -ldcmnet -ldcmjpls -ldcmtkcharls -ldcmjpeg -lijg8 -lijg12 -lijg16 \
+LDLIBS_DCMTK := -ldcmseg -ldcmfg -ldcmiod -lcmr -ldcmsr -ldcmimage -ldcmtls -ldcmnet -ldcmjpls -ldcmtkcharls -ldcmjpeg -lijg8 -lijg12 -lijg16 \
                 -ldcmimgle -ldcmdata -loflog -lofstd -lssl -lcrypto
 LDLIBS   := -ldnnl -lgomp -lniftiio -lznz -lpng -lz -luv -lsqlite3 -linih -lcjson -lsystemd -lssl -lcrypto -lpthread -lm
 LDFLAGS  += -pthread $(SANLD)
@@ -45,7 +45,7 @@ CORE_SRC   := $(wildcard core/*.c)
 STORE_SRC  := $(wildcard store/*.c)
 DICOM_SRC  := $(wildcard dicom/*.cc)
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
-TOOLS_SRC  := $(filter-out tools/ctglip.c tools/ctglip_train.c,$(wildcard tools/*.c))
+TOOLS_SRC  := $(filter-out tools/ctglip.c tools/ctglip_train.c tools/infer.c,$(wildcard tools/*.c))
 TEST_SRC   := $(wildcard tests/*.c) $(wildcard tests/fuzz/*.c)
 
 obj = $(patsubst %.cc,$(BUILD)/%.o,$(patsubst %.c,$(BUILD)/%.o,$(1)))
@@ -61,13 +61,14 @@ all: $(BINS)
 $(BUILD)/ctglipd: $(call obj,daemon/main.c) $(DAEMON_OBJ) $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
 
-$(BUILD)/ctglip: $(call obj,tools/ctglip.c daemon/config.c $(TOOLS_SRC)) $(LIB_OBJ)
+# `ctglip infer` writes reports with the daemon's code (daemon/report.c).
+$(BUILD)/ctglip: $(call obj,tools/ctglip.c tools/infer.c daemon/config.c daemon/report.c $(TOOLS_SRC)) $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
 
 $(BUILD)/ctglip-train: $(call obj,tools/ctglip_train.c $(TOOLS_SRC)) $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
 
-$(BUILD)/tests/runner: $(call obj,$(TEST_SRC) $(TOOLS_SRC)) $(DAEMON_OBJ) $(LIB_OBJ)
+$(BUILD)/tests/runner: $(call obj,$(TEST_SRC) $(TOOLS_SRC) tools/infer.c) $(DAEMON_OBJ) $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
 
 $(BUILD)/%.o: %.c
