@@ -102,6 +102,13 @@ int ctg_mkdirs(const char *path);
  * PREFIX/share/ctglip/REL once installed) when readable there; else REL
  * itself.  Writes the path into out (n bytes) and returns out. */
 const char *ctg_data_path(const char *rel, char *out, size_t n);
+
+/* The software version written into reports and logs. */
+#define CTG_VERSION "0.5.0"
+
+/* A new globally unique DICOM UID: "2.25." and the decimal value of 128
+ * random bits (getrandom), at most 44 characters.  0 or CTG_EIO. */
+int ctg_uid_random(char out[65]);
 /* Writes len bytes, retrying on EINTR and short writes. */
 int ctg_write_all(int fd, const void *buf, size_t len);
 

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -184,4 +185,26 @@ const char *ctg_data_path(const char *rel, char *out, size_t n)
     }
     snprintf(out, n, "%s", rel);
     return out;
+}
+
+int ctg_uid_random(char out[65])
+{
+    unsigned __int128 v = 0;
+    size_t got = 0;
+    while (got < sizeof v) {
+        ssize_t r = getrandom((char *)&v + got, sizeof v - got, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return CTG_EIO;
+        got += (size_t)r;
+    }
+    char dig[48];
+    int nd = 0;
+    do {
+        dig[nd++] = (char)('0' + (int)(v % 10));
+        v /= 10;
+    } while (v);
+    memcpy(out, "2.25.", 5);
+    for (int i = 0; i < nd; i++) out[5 + i] = dig[nd - 1 - i];
+    out[5 + nd] = 0;
+    return 0;
 }

@@ -49,6 +49,11 @@ void ctg_config_defaults(ctg_config *c)
     c->model_threads = 0;
     c->model_overlap = 0.25;
     snprintf(c->device, sizeof c->device, "auto");
+    snprintf(c->reports, sizeof c->reports, "var/reports");
+    snprintf(c->outbox, sizeof c->outbox, "var/outbox");
+    c->export_max_attempts = 20;
+    c->export_retry_base_seconds = 10;
+    c->export_retry_max_seconds = 900;
     snprintf(c->http_bind, sizeof c->http_bind, "127.0.0.1");
     c->http_port = 0;
     c->log_level = CTG_LOG_INFO;
@@ -133,6 +138,20 @@ const ctg_ae_rule *ctg_ae_rule_find(const ctg_config *cfg, const char *ae)
     return NULL;
 }
 
+const ctg_destination *ctg_destination_find(const ctg_config *cfg, const char *name)
+{
+    for (int i = 0; i < cfg->n_destinations; i++)
+        if (strcmp(cfg->destinations[i].name, name) == 0) return &cfg->destinations[i];
+    return NULL;
+}
+
+int ctg_config_destination_names(const ctg_config *cfg, const char **names, int max)
+{
+    for (int i = 0; i < cfg->n_destinations && i < max; i++)
+        names[i] = cfg->destinations[i].name;
+    return cfg->n_destinations;
+}
+
 int ctg_config_apply_reloadable(ctg_config *dst, const ctg_config *src)
 {
     int restart = strcmp(src->ae_title, dst->ae_title) || src->port != dst->port ||
@@ -146,7 +165,8 @@ int ctg_config_apply_reloadable(ctg_config *dst, const ctg_config *src)
                   src->http_port != dst->http_port || strcmp(src->http_bind, dst->http_bind) ||
                   strcmp(src->model_path, dst->model_path) ||
                   strcmp(src->vocab_path, dst->vocab_path) ||
-                  src->model_threads != dst->model_threads || strcmp(src->device, dst->device);
+                  src->model_threads != dst->model_threads || strcmp(src->device, dst->device) ||
+                  strcmp(src->reports, dst->reports) || strcmp(src->outbox, dst->outbox);
     /* The findings list, its prompt phrasings and the overlap reload: the
      * workers pick them up before their next job. */
     memcpy(dst->findings_path, src->findings_path, sizeof dst->findings_path);
@@ -167,6 +187,13 @@ int ctg_config_apply_reloadable(ctg_config *dst, const ctg_config *src)
     dst->study_stable_seconds = src->study_stable_seconds;
     dst->log_level = src->log_level;
     dst->shutdown_grace_seconds = src->shutdown_grace_seconds;
+    /* Destinations reload: the exporter starts, retunes or stops their
+     * threads; exports queued for a destination that is gone stay queued. */
+    memcpy(dst->destinations, src->destinations, sizeof dst->destinations);
+    dst->n_destinations = src->n_destinations;
+    dst->export_max_attempts = src->export_max_attempts;
+    dst->export_retry_base_seconds = src->export_retry_base_seconds;
+    dst->export_retry_max_seconds = src->export_retry_max_seconds;
     return restart;
 }
 
@@ -305,6 +332,56 @@ static int handler(void *user, const char *section, const char *name, const char
         return fail(p, "unknown key '%s' in an [ae] section%s", name, "");
     }
 
+    if (!strncmp(section, "destination ", 12)) {
+        const char *dn = section + 12;
+        while (*dn == ' ') dn++;
+        size_t dl = strlen(dn);
+        if (dl == 0 || dl >= sizeof c->destinations[0].name ||
+            strspn(dn, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != dl)
+            return fail(p, "section [destination %s]: the name must be 1..63 letters, digits, "
+                           "'.', '_' or '-'%s", dn, "");
+        ctg_destination *d = (ctg_destination *)ctg_destination_find(c, dn);
+        if (!d) {
+            if (c->n_destinations >= CTG_MAX_DEST)
+                return fail(p, "too many [destination] sections (at most %s)%s", "16", "");
+            d = &c->destinations[c->n_destinations++];
+            memset(d, 0, sizeof *d);
+            snprintf(d->name, sizeof d->name, "%s", dn);
+            d->timeout = 30;
+        }
+        if (!strcmp(name, "ae_title") || !strcmp(name, "calling_ae")) {
+            if (!valid_ae(value))
+                return fail(p, "%s: '%s' is not a valid AE title", name, value);
+            char *dst = !strcmp(name, "ae_title") ? d->ae_title : d->calling_ae;
+            snprintf(dst, sizeof d->ae_title, "%s", value);
+            return 1;
+        }
+        if (!strcmp(name, "host")) {
+            if (!*value || strlen(value) >= sizeof d->host || strpbrk(value, " \t/"))
+                return fail(p, "host: '%s' is not a host name or address%s", value, "");
+            snprintf(d->host, sizeof d->host, "%s", value);
+            return 1;
+        }
+        if (!strcmp(name, "port")) {
+            if (parse_int(value, 1, 65535, &x) < 0)
+                return fail(p, "port must be 1..65535, not '%s'%s", value, "");
+            d->port = (int)x;
+            return 1;
+        }
+        if (!strcmp(name, "tls")) {
+            if (parse_bool(value, &d->tls) < 0)
+                return fail(p, "tls must be yes or no, not '%s'%s", value, "");
+            return 1;
+        }
+        if (!strcmp(name, "timeout")) {
+            if (parse_int(value, 1, 3600, &x) < 0)
+                return fail(p, "timeout must be 1..3600 seconds, not '%s'%s", value, "");
+            d->timeout = (int)x;
+            return 1;
+        }
+        return fail(p, "unknown key '%s' in a [destination] section%s", name, "");
+    }
+
     if (!strcmp(section, "dicom") && !strcmp(name, "ae_title")) {
         if (!valid_ae(value)) return fail(p, "ae_title: '%s' is not a valid AE title%s", value, "");
         snprintf(c->ae_title, sizeof c->ae_title, "%s", value);
@@ -389,6 +466,7 @@ static int handler(void *user, const char *section, const char *name, const char
     PATH_KEY("model", "path", model_path)
     PATH_KEY("model", "findings", findings_path)
     PATH_KEY("model", "vocab", vocab_path)
+    PATH_KEY("model", "reports", reports)
     INT_KEY("model", "threads", model_threads, 0, 1024)
     if (!strcmp(section, "model") && !strcmp(name, "text")) {
         if (strcmp(value, "train") && strcmp(value, "heldout") && strcmp(value, "all") && *value)
@@ -411,6 +489,21 @@ static int handler(void *user, const char *section, const char *name, const char
         return 1;
     }
 
+    PATH_KEY("export", "outbox", outbox)
+    INT_KEY("export", "max_attempts", export_max_attempts, 1, 1000)
+    if (!strcmp(section, "export") && !strcmp(name, "retry_base_seconds")) {
+        if (parse_int(value, 0, 86400, &x) < 0)
+            return fail(p, "retry_base_seconds must be 0..86400, not '%s'%s", value, "");
+        c->export_retry_base_seconds = (double)x;
+        return 1;
+    }
+    if (!strcmp(section, "export") && !strcmp(name, "retry_max_seconds")) {
+        if (parse_int(value, 0, 7 * 86400, &x) < 0)
+            return fail(p, "retry_max_seconds must be 0..604800, not '%s'%s", value, "");
+        c->export_retry_max_seconds = (double)x;
+        return 1;
+    }
+
     INT_KEY("http", "port", http_port, 0, 65535)
     if (!strcmp(section, "http") && !strcmp(name, "bind")) {
         ctg_cidr tmp;
@@ -429,7 +522,7 @@ static int handler(void *user, const char *section, const char *name, const char
 
     if (strcmp(section, "dicom") && strcmp(section, "tls") && strcmp(section, "access") &&
         strcmp(section, "store") && strcmp(section, "queue") && strcmp(section, "daemon") &&
-        strcmp(section, "http") && strcmp(section, "model"))
+        strcmp(section, "http") && strcmp(section, "model") && strcmp(section, "export"))
         return fail(p, "unknown section [%s]%s", section, "");
     return fail(p, "unknown key '%s' in [%s]", name, section);
 }
@@ -466,6 +559,32 @@ static int check(ctg_config *c, char *err, size_t n)
     if (c->n_allow_hosts == 0) {
         snprintf(err, n, "%s: [access] allow_hosts is empty: no peer could connect", c->path);
         return CTG_ECONFIG;
+    }
+    if (!c->outbox[0]) {
+        snprintf(err, n, "%s: [export] outbox is empty", c->path);
+        return CTG_ECONFIG;
+    }
+    for (int i = 0; i < c->n_destinations; i++) {
+        ctg_destination *d = &c->destinations[i];
+        if (!d->ae_title[0] || !d->host[0] || !d->port) {
+            snprintf(err, n, "%s: [destination %s] needs ae_title, host and port", c->path,
+                     d->name);
+            return CTG_ECONFIG;
+        }
+        /* Our AE title is known only once the whole file is read. */
+        if (!d->calling_ae[0]) snprintf(d->calling_ae, sizeof d->calling_ae, "%s", c->ae_title);
+        /* The destination's certificate is always checked: TLS without
+         * verification would send reports to whoever answers. */
+        if (d->tls && !c->tls_ca_file[0]) {
+            snprintf(err, n, "%s: [destination %s] tls = yes needs [tls] ca_file to verify "
+                     "the destination", c->path, d->name);
+            return CTG_ECONFIG;
+        }
+        if (d->tls && !c->tls_certificate[0] != !c->tls_private_key[0]) {
+            snprintf(err, n, "%s: [destination %s] tls = yes: [tls] certificate and "
+                     "private_key go together", c->path, d->name);
+            return CTG_ECONFIG;
+        }
     }
     return 0;
 }

@@ -12,8 +12,10 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdint.h>
 
+#include "../core/analysis.h"
 #include "../core/core.h"
 #include "../dicom/dicom.h"
 #include "../store/store.h"
@@ -39,6 +41,18 @@ typedef struct ctg_ae_rule {
     int study_stable_seconds; /* -1: the default */
     int max_associations;     /* -1: the default per-AE limit */
 } ctg_ae_rule;
+
+/* One export destination ([destination NAME] sections). */
+#define CTG_MAX_DEST 16
+typedef struct ctg_destination {
+    char name[64];       /* the NAME of the section; rows in the index carry it */
+    char ae_title[17];   /* called AE title */
+    char host[256];
+    int port;
+    int tls;             /* 1: DICOM TLS with the node's [tls] files */
+    char calling_ae[17]; /* our AE title towards it; [dicom] ae_title when unset */
+    int timeout;         /* seconds for connect, association set-up and each response */
+} ctg_destination;
 
 typedef struct ctg_config {
     char path[PATH_MAX];
@@ -75,6 +89,14 @@ typedef struct ctg_config {
     int model_threads;            /* ops threads per worker; 0 = cores / workers */
     double model_overlap;         /* sliding-window overlap, 0..0.9 */
     char device[16];              /* cpu, cuda or auto */
+    char reports[PATH_MAX];       /* each job's SEG and SR: <reports>/<StudyUID>/<job>/ */
+    /* [export] */
+    char outbox[PATH_MAX];        /* SR and SEG waiting for their destinations */
+    int export_max_attempts;      /* failed attempts before an export is dead */
+    double export_retry_base_seconds, export_retry_max_seconds;
+    /* [destination NAME] */
+    ctg_destination destinations[CTG_MAX_DEST];
+    int n_destinations;
     /* [http] */
     char http_bind[64];
     int http_port;
@@ -92,8 +114,9 @@ void ctg_config_defaults(ctg_config *cfg);
  * writes "FILE:LINE: reason" into err. */
 int ctg_config_load(const char *path, ctg_config *cfg, char *err, size_t n);
 /* Copies the settings that SIGHUP may change (allowlists, limits, timeouts,
- * AE rules, stable time, log level) from src to dst; returns 1 when src
- * differs from dst in a setting that needs a restart. */
+ * AE rules, stable time, log level, export destinations and retry policy)
+ * from src to dst; returns 1 when src differs from dst in a setting that
+ * needs a restart. */
 int ctg_config_apply_reloadable(ctg_config *dst, const ctg_config *src);
 /* Parses "a.b.c.d[/n]" or an IPv6 address with optional prefix. */
 int ctg_cidr_parse(const char *s, ctg_cidr *out);
@@ -101,6 +124,11 @@ int ctg_cidr_parse(const char *s, ctg_cidr *out);
 int ctg_addr_allowed(const ctg_config *cfg, const char *addr);
 /* The [ae NAME] rule for a calling AE, or NULL. */
 const ctg_ae_rule *ctg_ae_rule_find(const ctg_config *cfg, const char *ae);
+/* The [destination NAME] section of that name, or NULL. */
+const ctg_destination *ctg_destination_find(const ctg_config *cfg, const char *name);
+/* Fills names[0..max) with the configured destination names (pointers into
+ * cfg, valid while cfg is) and returns how many there are. */
+int ctg_config_destination_names(const ctg_config *cfg, const char **names, int max);
 
 /* ---- admission and ingest (ingest.c) ------------------------------------ */
 
@@ -120,14 +148,52 @@ void ctg_ingest_reconfigure(ctg_ingest *ing, const ctg_config *cfg);
 
 typedef struct ctg_workers ctg_workers;
 
+/* Opens the model (when [model] path is set: a model that cannot be
+ * loaded stops the start with the reason logged) and starts the worker
+ * threads. */
 int ctg_workers_start(const ctg_config *cfg, st_store *st, ctg_workers **out);
+/* SIGHUP: re-reads the findings list and applies the reloadable [model]
+ * settings for the next jobs; a bad list is logged and the old one stays. */
+void ctg_workers_reload(ctg_workers *w, const ctg_config *cfg);
+/* fn(ud) is called (from a worker thread) after a job queued its report
+ * for export: the exporter's wake-up. */
+void ctg_workers_set_export_hook(ctg_workers *w, void (*fn)(void *), void *ud);
 /* Wakes idle workers: new jobs may be waiting. */
 void ctg_workers_wake(ctg_workers *w);
 /* Lets running jobs finish, then joins and frees. */
 void ctg_workers_stop(ctg_workers *w);
-/* Processes one claimed job (the pipeline entry point). Returns 0, or a
- * negative error with a reason in why. */
-int ctg_job_process(st_store *st, const st_job *job, char *why, size_t n);
+/* Processes one claimed job (the pipeline entry point) with the calling
+ * worker's model context c (NULL when no model is configured: the job then
+ * only builds the volume).  Returns 0, or a negative error with a reason
+ * in why. */
+int ctg_job_process(ctg_workers *w, an_ctx *c, const st_job *job, char *why, size_t n);
+
+/* ---- the export outbox (exporter.c) -------------------------------------- */
+
+typedef struct ctg_exporter ctg_exporter;
+
+/* Creates the outbox folder, returns exports that a previous process left
+ * in `sending` to the queue, and starts one thread per [destination].
+ * On success *out is released with ctg_exporter_stop(). */
+int ctg_exporter_start(const ctg_config *cfg, st_store *st, ctg_exporter **out);
+/* SIGHUP: applies changed destinations (new ones start, removed ones end
+ * after their current association; their rows stay) and the [export]
+ * retry policy.  Loop thread. */
+void ctg_exporter_reload(ctg_exporter *ex, const ctg_config *cfg);
+/* Wakes the destination threads: new exports may be due.  Any thread;
+ * NULL is a no-op. */
+void ctg_exporter_wake(ctg_exporter *ex);
+/* Lets each destination finish its current association, then joins and
+ * frees.  NULL is a no-op. */
+void ctg_exporter_stop(ctg_exporter *ex);
+/* For the job worker, after it wrote a job's SR and SEG: puts each file
+ * into the outbox (a hard link named <outbox>/<SOPInstanceUID>.dcm, or a
+ * durable copy), queues it for every destination configured now, and wakes
+ * the exporter.  The caller keeps its files.  Returns 0 (also when no
+ * destination is configured: nothing is queued), or CTG_E* with the reason
+ * in why; then nothing is queued.  Any thread; ex NULL is a no-op. */
+int ctg_exporter_add(ctg_exporter *ex, int64_t job_id, const char *study_uid,
+                     const char *const *files, int nfiles, char *why, size_t n);
 
 /* ---- HTTP status (http.c) ------------------------------------------------ */
 
@@ -143,5 +209,56 @@ void ctg_http_close(ctg_http *h);
 
 /* Runs ctglipd until SIGTERM/SIGINT.  Returns the process exit status. */
 int ctg_server_run(ctg_config *cfg);
+
+/* ---- reports (report.c; also linked into `ctglip infer`) -------------------- */
+
+/* "ctglip CT-GLIP NAME" from a model file path (NAME: the file's name
+ * without its extension). */
+void ctg_model_name(const char *model_path, char *out, size_t n);
+
+typedef struct ctg_report_req {
+    const an_result *res;
+    const dcm_source *src;
+    const char *model_name;
+    const char *dir;            /* seg.dcm and sr.dcm go here (created) */
+    const char *predecessor_sr; /* an earlier SR of the study; NULL: none */
+    const char *creation_date, *creation_time; /* NULL: the clock */
+} ctg_report_req;
+
+typedef struct ctg_report_out {
+    char seg_path[PATH_MAX], sr_path[PATH_MAX];
+    char seg_uid[65], sr_uid[65];
+    double t_seg, t_sr;
+} ctg_report_out;
+
+/* Writes the SEG and the SR of an analysed study.  A study in which the
+ * model found no organ is refused (CTG_EREJECT).  0 or CTG_E* with the
+ * reason. */
+int ctg_report_write(const ctg_report_req *q, ctg_report_out *out, char *why, size_t n);
+/* The findings table, one line per organ. */
+void ctg_report_print(FILE *f, const an_result *r);
+
+typedef struct ctg_analyze_opts {
+    const char *model_name;
+    const char *dir;            /* for the SEG and SR */
+    const char *predecessor_sr; /* NULL: none */
+} ctg_analyze_opts;
+
+/* Everything one study's analysis made; ctg_analysis_free releases it. */
+typedef struct ctg_analysis {
+    ctg_vol *vol;
+    dcm_vol_info info;
+    const char **src_files;     /* the chosen series' files (pointers into the input) */
+    int nsrc;
+    an_result res;
+    ctg_report_out rep;
+    double t_load, t_analyze;   /* seconds: files to volume; an_run */
+} ctg_analysis;
+
+/* Files of a study -> primary CT volume -> model -> SEG and SR in o->dir.
+ * 0 or CTG_E* with the reason (bad input: CTG_EREJECT / CTG_EFORMAT). */
+int ctg_analyze_study(an_engine *e, an_ctx *c, const char *const *files, int nfiles,
+                      const ctg_analyze_opts *o, ctg_analysis *out, char *why, size_t n);
+void ctg_analysis_free(ctg_analysis *a);
 
 #endif

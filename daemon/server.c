@@ -1,16 +1,19 @@
 /*
  * server.c - the ctglipd process: a libuv loop that owns the config, the
  * study-completion timer, the lease-recovery timer, signals and shutdown,
- * around the SCP (its own threads) and the worker pool (its own threads).
+ * around the SCP (its own threads), the worker pool (its own threads) and
+ * the exporter (one thread per export destination).
  *
  * Threading: everything in this file runs on the loop thread, except
  * on_arrival(), which association threads call; it only does
  * uv_async_send(), the one libuv call that is safe from other threads.
  *
- * Start-up order: store, lease recovery, workers, SCP, then READY=1.
- * Shutdown (SIGTERM/SIGINT): stop accepting, wait up to
- * shutdown_grace_seconds for associations, abort the rest, stop the workers,
- * close every handle, uv_loop_close().
+ * Start-up order: store, lease recovery, exporter, workers, SCP, then
+ * READY=1.  Shutdown (SIGTERM/SIGINT): stop accepting, wait up to
+ * shutdown_grace_seconds for associations, abort the rest, stop the workers
+ * (a finishing job may still queue exports), stop the exporter (each
+ * destination finishes the association it is in; what is not sent stays
+ * queued for the next start), close every handle, uv_loop_close().
  */
 #include "daemon.h"
 
@@ -33,6 +36,7 @@ typedef struct server {
     st_store *st;
     ctg_ingest *ing;
     ctg_workers *workers;
+    ctg_exporter *exporter;
     dcm_scp *scp;
     ctg_http *http;
     st_retry_policy pol;
@@ -144,6 +148,8 @@ static void reload(server *s)
         log_warn("reload: listener, TLS, HTTP, store, size or worker settings changed; "
                  "they take effect at the next restart");
     ctg_ingest_reconfigure(s->ing, c);
+    ctg_exporter_reload(s->exporter, c);
+    ctg_workers_reload(s->workers, c);
     dcm_scp_set_timeouts(s->scp, c->acse_timeout, c->dimse_timeout, c->idle_timeout);
     ctg_log_set_level(c->log_level);
     free(fresh);
@@ -161,6 +167,8 @@ static void finish(server *s)
     s->http = NULL;
     ctg_workers_stop(s->workers);
     s->workers = NULL;
+    ctg_exporter_stop(s->exporter);
+    s->exporter = NULL;
     uv_handle_t *hs[] = {
         (uv_handle_t *)&s->sig_term,       (uv_handle_t *)&s->sig_int,
         (uv_handle_t *)&s->sig_hup,        (uv_handle_t *)&s->arrival,
@@ -243,6 +251,12 @@ int ctg_server_run(ctg_config *cfg)
     }
     recover_dead_workers(s);
 
+    if ((r = ctg_exporter_start(cfg, s->st, &s->exporter)) < 0) {
+        log_error("server: cannot start the exporter (outbox %s): %s", cfg->outbox,
+                  ctg_strerror(r));
+        goto fail_store;
+    }
+
     int gpus = cu_device_count();
     log_info("server: %d CUDA device(s)%s; %d CPU worker(s)", gpus,
              cu_built_with_cuda() ? "" : " (built without CUDA)", cfg->workers);
@@ -302,7 +316,7 @@ int ctg_server_run(ctg_config *cfg)
     if (cfg->port) log_info("server: AE %s listening on port %d", cfg->ae_title, cfg->port);
     if (cfg->tls_port)
         log_info("server: AE %s listening on port %d (TLS)", cfg->ae_title, cfg->tls_port);
-    log_info("server: spool %s, index %s", cfg->spool, cfg->index);
+    log_info("server: spool %s, index %s, outbox %s", cfg->spool, cfg->index, cfg->outbox);
     ctg_notify("READY=1\nSTATUS=accepting associations");
 
     uv_run(&s->loop, UV_RUN_DEFAULT);
@@ -331,6 +345,7 @@ fail_loop:
     st_close(s->st);
     return 1;
 fail_store:
+    ctg_exporter_stop(s->exporter);
     st_close(s->st);
     return 1;
 }

@@ -7,22 +7,33 @@
  * only a worker that died loses its job to lease expiry.
  *
  * The job's work is ctg_job_process(): it verifies that every instance the
- * study's index rows name is on disk with the recorded size, then builds
- * the study's CT volume (primary series, Hounsfield units, canonical
- * orientation) as inference will use it.  A study that cannot become a
- * volume (no usable CT series, gantry tilt, missing slices, JPEG 2000)
- * fails at once with the reason: retrying cannot help.  The model runs
- * from here once it exists.
+ * study's index rows name is on disk with the recorded size, builds the
+ * study's CT volume (primary series, Hounsfield units, canonical
+ * orientation), runs the model (core/analysis.h) and writes the SEG and
+ * the TID 1500 SR into <reports>/<StudyUID>/<job id>/ (daemon/report.c),
+ * naming the study's previous SR, if any, as predecessor.  A study that
+ * cannot become a volume (no usable CT series, gantry tilt, missing
+ * slices, JPEG 2000) or in which the model finds no organ fails at once
+ * with the reason: retrying cannot help.  Without a configured model the
+ * job stops after the volume.
  *
- * Threading: one thread per worker; the pool's mutex/condvar carry wake-ups
- * and the stop flag.  The store handle is thread-safe.
+ * Threading: one thread per worker, each with its own model context
+ * (activations); the model, the text encoder and the prompt embeddings are
+ * shared read-only through one an_engine, whose findings list a SIGHUP may
+ * swap while jobs run.  The pool's mutex/condvar carry wake-ups and the
+ * stop flag.  The store handle is thread-safe.
  */
 #include "daemon.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include "core/ops.h"
 #include <time.h>
 #include <unistd.h>
 
@@ -43,6 +54,17 @@ struct ctg_workers {
     char (*owners)[128];
     pthread_t heartbeat;
     int have_heartbeat;
+    /* The model (NULL: none configured) and where reports go. */
+    an_engine *eng;
+    char model_name[256];
+    char reports[PATH_MAX];
+    int ops_threads;        /* ops threads per worker */
+    /* Where finished reports go (reloadable, under mu) and whom to tell. */
+    char outbox[PATH_MAX];
+    char dests[CTG_MAX_DEST][64];
+    int ndests;
+    void (*on_export)(void *);
+    void *on_export_ud;
 };
 
 typedef struct worker_arg {
@@ -92,8 +114,133 @@ static int check_row(void *ud, int ncol, const char **names, const char **vals)
     return 0;
 }
 
-int ctg_job_process(st_store *st, const st_job *job, char *why, size_t n)
+static int low_confidence(const an_result *r)
 {
+    int k = 0;
+    for (int i = 0; i < r->norgans; i++) k += r->organs[i].low_confidence;
+    return k;
+}
+
+static void set_destinations(ctg_workers *w, const ctg_config *cfg)
+{
+    pthread_mutex_lock(&w->mu);
+    snprintf(w->outbox, sizeof w->outbox, "%s", cfg->outbox);
+    w->ndests = cfg->n_destinations;
+    for (int i = 0; i < cfg->n_destinations; i++)
+        snprintf(w->dests[i], sizeof w->dests[i], "%s", cfg->destinations[i].name);
+    pthread_mutex_unlock(&w->mu);
+}
+
+void ctg_workers_set_export_hook(ctg_workers *w, void (*fn)(void *), void *ud)
+{
+    pthread_mutex_lock(&w->mu);
+    w->on_export = fn;
+    w->on_export_ud = ud;
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Puts a report file into the outbox under a name of its own (a hard link
+ * to the kept copy, or a copy on another file system), durably. */
+static int outbox_put(const char *src, const char *dst, char *why, size_t n)
+{
+    unlink(dst); /* a leftover of an attempt that failed before the index knew it */
+    if (link(src, dst) == 0) return 0;
+    FILE *in = fopen(src, "rb");
+    int fd = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int rc = in && fd >= 0 ? 0 : ctg_errno(errno);
+    char buf[1 << 16];
+    size_t got;
+    while (rc == 0 && (got = fread(buf, 1, sizeof buf, in)) > 0) rc = ctg_write_all(fd, buf, got);
+    if (rc == 0 && in && ferror(in)) rc = CTG_EIO;
+    if (rc == 0 && fsync(fd) != 0) rc = ctg_errno(errno);
+    if (in) fclose(in);
+    if (fd >= 0 && close(fd) != 0 && rc == 0) rc = ctg_errno(errno);
+    if (rc < 0) {
+        unlink(dst);
+        snprintf(why, n, "outbox %s: %s", dst, ctg_strerror(rc));
+    }
+    return rc;
+}
+
+/* Hands a job's SEG and SR (the SEG first: the SR refers to it) to every
+ * configured destination through the outbox. */
+static int ctg_export_report(ctg_workers *w, const st_job *job, const ctg_analysis *an, char *why,
+                             size_t n)
+{
+    char outbox[PATH_MAX], dests[CTG_MAX_DEST][64];
+    pthread_mutex_lock(&w->mu);
+    int nd = w->ndests;
+    snprintf(outbox, sizeof outbox, "%s", w->outbox);
+    memcpy(dests, w->dests, sizeof dests);
+    void (*hook)(void *) = w->on_export;
+    void *ud = w->on_export_ud;
+    pthread_mutex_unlock(&w->mu);
+    if (nd == 0) {
+        log_info("job %lld: no [destination] configured; the report stays in %s", (long long)job->id,
+                 an->rep.sr_path);
+        return 0;
+    }
+    int rc = ctg_mkdirs(outbox);
+    if (rc < 0) {
+        snprintf(why, n, "outbox %s: %s", outbox, ctg_strerror(rc));
+        return rc;
+    }
+    char seg[PATH_MAX], sr[PATH_MAX];
+    if (snprintf(seg, sizeof seg, "%s/%lld-seg.dcm", outbox, (long long)job->id) >= (int)sizeof seg ||
+        snprintf(sr, sizeof sr, "%s/%lld-sr.dcm", outbox, (long long)job->id) >= (int)sizeof sr) {
+        snprintf(why, n, "outbox path too long");
+        return CTG_EINVAL;
+    }
+    if ((rc = outbox_put(an->rep.seg_path, seg, why, n)) < 0 ||
+        (rc = outbox_put(an->rep.sr_path, sr, why, n)) < 0)
+        return rc;
+    if ((rc = ctg_fsync_dir(outbox)) < 0) {
+        snprintf(why, n, "fsync %s: %s", outbox, ctg_strerror(rc));
+        return rc;
+    }
+    st_export_file files[2] = {
+        {seg, "1.2.840.10008.5.1.4.1.1.66.4", an->rep.seg_uid},
+        {sr, "1.2.840.10008.5.1.4.1.1.88.34", an->rep.sr_uid},
+    };
+    const char *dp[CTG_MAX_DEST];
+    for (int i = 0; i < nd; i++) dp[i] = dests[i];
+    rc = st_export_add(w->st, job->id, job->study_uid, files, 2, dp, nd, ctg_now());
+    if (rc < 0) {
+        snprintf(why, n, "queueing the report for export: %s", ctg_strerror(rc));
+        return rc;
+    }
+    log_info("job %lld: SEG and SR queued for %d destination(s)", (long long)job->id, nd);
+    if (hook) hook(ud);
+    return 0;
+}
+
+/* The SR of the newest earlier job of this study that wrote one, for the
+ * Predecessor Documents of the new SR ("" when none). */
+static void find_predecessor(const char *study_dir, int64_t job_id, char *out, size_t n)
+{
+    out[0] = 0;
+    DIR *d = opendir(study_dir);
+    if (!d) return;
+    long long best = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        char *end;
+        long long id = strtoll(e->d_name, &end, 10);
+        if (end == e->d_name || *end || id <= best || id >= (long long)job_id) continue;
+        char p[PATH_MAX];
+        struct stat sb;
+        if (snprintf(p, sizeof p, "%s/%s/sr.dcm", study_dir, e->d_name) >= (int)sizeof p ||
+            stat(p, &sb) != 0)
+            continue;
+        best = id;
+        snprintf(out, n, "%s", p);
+    }
+    closedir(d);
+}
+
+int ctg_job_process(ctg_workers *w, an_ctx *ctx, const st_job *job, char *why, size_t n)
+{
+    st_store *st = w->st;
     check_ctx c;
     memset(&c, 0, sizeof c);
     c.spool = st_spool_dir(st);
@@ -121,18 +268,53 @@ int ctg_job_process(st_store *st, const st_job *job, char *why, size_t n)
         r = CTG_EIO;
         goto done;
     }
-    dcm_vol_opts opts = {0};
     double t0 = ctg_mono();
-    if ((r = dcm_series_volume((const char *const *)c.paths, (size_t)c.npaths, &opts, &vol,
-                               &info, why, n)) < 0)
+    if (!w->eng || !ctx) {
+        /* No model configured: the volume is as far as a job goes. */
+        dcm_vol_opts opts = {0};
+        if ((r = dcm_series_volume((const char *const *)c.paths, (size_t)c.npaths, &opts, &vol,
+                                   &info, why, n)) < 0)
+            goto done;
+        double sp[3];
+        ctg_vol_spacing(vol, sp);
+        log_info("job %lld: volume from series %s (%d slices%s): %dx%dx%d of %.3gx%.3gx%.3g mm "
+                 "in %.2f s; no model configured", (long long)job->id, info.series_uid,
+                 info.nslices, info.enhanced ? ", Enhanced CT" : "", vol->nx, vol->ny, vol->nz,
+                 sp[0], sp[1], sp[2], ctg_mono() - t0);
+        if (info.skipped[0]) log_info("job %lld: not used: %s", (long long)job->id, info.skipped);
+        goto done;
+    }
+
+    char study_dir[PATH_MAX], dir[PATH_MAX], pred[PATH_MAX];
+    if (snprintf(study_dir, sizeof study_dir, "%s/%s", w->reports, job->study_uid) >=
+            (int)sizeof study_dir ||
+        snprintf(dir, sizeof dir, "%s/%lld", study_dir, (long long)job->id) >= (int)sizeof dir) {
+        snprintf(why, n, "report folder path too long");
+        r = CTG_EINVAL;
+        goto done;
+    }
+    find_predecessor(study_dir, job->id, pred, sizeof pred);
+    ctg_analyze_opts ao = {.model_name = w->model_name, .dir = dir,
+                           .predecessor_sr = pred[0] ? pred : NULL};
+    ctg_analysis an;
+    if ((r = ctg_analyze_study(w->eng, ctx, (const char *const *)c.paths, c.npaths, &ao, &an, why,
+                               n)) < 0)
         goto done;
     double sp[3];
-    ctg_vol_spacing(vol, sp);
-    log_info("job %lld: volume from series %s (%d slices%s): %dx%dx%d of %.3gx%.3gx%.3g mm "
-             "in %.2f s", (long long)job->id, info.series_uid, info.nslices,
-             info.enhanced ? ", Enhanced CT" : "", vol->nx, vol->ny, vol->nz, sp[0], sp[1],
-             sp[2], ctg_mono() - t0);
-    if (info.skipped[0]) log_info("job %lld: not used: %s", (long long)job->id, info.skipped);
+    ctg_vol_spacing(an.vol, sp);
+    log_info("job %lld: series %s (%d slices%s, %dx%dx%d of %.3gx%.3gx%.3g mm): %d organ(s), "
+             "%d finding(s) present, %d low-confidence organ(s)",
+             (long long)job->id, an.info.series_uid, an.info.nslices,
+             an.info.enhanced ? ", Enhanced CT" : "", an.vol->nx, an.vol->ny, an.vol->nz, sp[0],
+             sp[1], sp[2], an.res.norgans, an_result_positives(&an.res), low_confidence(&an.res));
+    if (an.info.skipped[0]) log_info("job %lld: not used: %s", (long long)job->id, an.info.skipped);
+    log_info("job %lld: SR %s, SEG %s%s%s; load %.2f s, resample %.2f s, model %.2f s, "
+             "measure %.2f s, score %.3f s, SEG %.2f s, SR %.2f s",
+             (long long)job->id, an.rep.sr_path, an.rep.seg_path, pred[0] ? ", replaces " : "",
+             pred[0] ? pred : "", an.t_load, an.res.t_resample, an.res.t_model,
+             an.res.t_measure, an.res.t_score, an.rep.t_seg, an.rep.t_sr);
+    r = ctg_export_report(w, job, &an, why, n);
+    ctg_analysis_free(&an);
 done:
     ctg_vol_free(vol);
     dcm_vol_info_free(&info);
@@ -149,11 +331,19 @@ static void *worker_main(void *arg)
     ctg_workers *w = wa->pool;
     char owner[128];
     int me = wa->index;
+    an_ctx *ctx = NULL;
     snprintf(owner, sizeof owner, "%s/%d/w%d", w->host, (int)getpid(), me);
     free(wa);
     pthread_mutex_lock(&w->mu);
     snprintf(w->owners[me], sizeof w->owners[me], "%s", owner);
     pthread_mutex_unlock(&w->mu);
+    if (w->eng) {
+        op_set_threads(w->ops_threads);
+        int cr = an_ctx_new(w->eng, &ctx);
+        if (cr < 0)
+            log_error("worker %s: no model context (%s): its jobs will fail and be retried",
+                      owner, ctg_strerror(cr));
+    }
 
     pthread_mutex_lock(&w->mu);
     while (!w->stop) {
@@ -168,7 +358,8 @@ static void *worker_main(void *arg)
             double t0 = ctg_mono();
             log_info("worker %s: job %lld (study %s, generation %d) started", owner,
                      (long long)job.id, job.study_uid, job.generation);
-            int r = ctg_job_process(w->st, &job, why, sizeof why);
+            int r = w->eng && !ctx ? CTG_ENOMEM : ctg_job_process(w, ctx, &job, why, sizeof why);
+            if (r == CTG_ENOMEM && !why[0]) snprintf(why, sizeof why, "out of memory");
             pthread_mutex_lock(&w->mu);
             w->running[me] = 0;
             pthread_mutex_unlock(&w->mu);
@@ -211,6 +402,7 @@ static void *worker_main(void *arg)
         }
     }
     pthread_mutex_unlock(&w->mu);
+    an_ctx_free(ctx);
     return NULL;
 }
 
@@ -243,6 +435,68 @@ static void *heartbeat_main(void *arg)
     return NULL;
 }
 
+/* A configured path as given when it exists, else under the installed data
+ * folders (ctg_data_path). */
+static const char *resolve(const char *p, char *buf, size_t n)
+{
+    if (p[0] == '/' || access(p, R_OK) == 0) return p;
+    return ctg_data_path(p, buf, n);
+}
+
+static int text_of(const ctg_config *cfg)
+{
+    return cfg->model_text[0] ? zs_text_parse(cfg->model_text) : -1;
+}
+
+static int open_model(ctg_workers *w, const ctg_config *cfg)
+{
+    if (!cfg->model_path[0] || cfg->workers == 0) {
+        log_info("workers: no model configured; jobs build the CT volume only");
+        return 0;
+    }
+    char mb[PATH_MAX], fb[PATH_MAX], vb[PATH_MAX], why[1024] = "";
+    an_opts o = {
+        .model = resolve(cfg->model_path, mb, sizeof mb),
+        .findings = resolve(cfg->findings_path, fb, sizeof fb),
+        .vocab = resolve(cfg->vocab_path, vb, sizeof vb),
+        .text = text_of(cfg),
+        .overlap = (float)cfg->model_overlap,
+    };
+    /* The machine's cores shared by the workers unless set. */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    w->ops_threads = cfg->model_threads ? cfg->model_threads
+                                        : (int)(cores / cfg->workers > 0 ? cores / cfg->workers : 1);
+    if (!strcmp(cfg->device, "cuda"))
+        log_warn("workers: device = cuda, but the model runs on the CPU in this build");
+    double t0 = ctg_mono();
+    int rc = an_engine_open(&o, &w->eng, why, sizeof why);
+    if (rc < 0) {
+        log_error("workers: cannot open the model: %s", why);
+        return rc;
+    }
+    ctg_model_name(o.model, w->model_name, sizeof w->model_name);
+    const mdl_model *m = an_model(w->eng);
+    log_info("workers: model %s (%s), %d organ classes, run at %.3g mm, %d thread(s) per worker; "
+             "findings %s; loaded in %.2f s",
+             o.model, an_model_identity(w->eng), m->cfg.n_classes,
+             m->spacing[0] > 0 ? m->spacing[0] : 3.0, w->ops_threads, o.findings, ctg_mono() - t0);
+    return 0;
+}
+
+void ctg_workers_reload(ctg_workers *w, const ctg_config *cfg)
+{
+    if (!w) return;
+    set_destinations(w, cfg);
+    if (!w->eng) return;
+    char fb[PATH_MAX], why[1024] = "";
+    an_set_overlap(w->eng, (float)cfg->model_overlap);
+    const char *f = resolve(cfg->findings_path, fb, sizeof fb);
+    if (an_reload_findings(w->eng, f, text_of(cfg), why, sizeof why) < 0)
+        log_error("reload: findings list %s: %s; the previous list stays", f, why);
+    else
+        log_info("reload: findings list %s loaded; later jobs score with it", f);
+}
+
 int ctg_workers_start(const ctg_config *cfg, st_store *st, ctg_workers **out)
 {
     ctg_workers *w = calloc(1, sizeof *w);
@@ -254,8 +508,17 @@ int ctg_workers_start(const ctg_config *cfg, st_store *st, ctg_workers **out)
     w->pol.base_seconds = cfg->retry_base_seconds;
     w->pol.max_seconds = cfg->retry_max_seconds;
     gethostname(w->host, sizeof w->host - 1);
-    pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
+    snprintf(w->reports, sizeof w->reports, "%s", cfg->reports);
+    pthread_mutex_init(&w->mu, NULL);
+    set_destinations(w, cfg);
+    int rc = open_model(w, cfg);
+    if (rc < 0) {
+        pthread_mutex_destroy(&w->mu);
+        pthread_cond_destroy(&w->cv);
+        free(w);
+        return rc;
+    }
     size_t cnt = (size_t)(w->n ? w->n : 1);
     w->threads = calloc(cnt, sizeof *w->threads);
     w->running = calloc(cnt, sizeof *w->running);
@@ -264,6 +527,9 @@ int ctg_workers_start(const ctg_config *cfg, st_store *st, ctg_workers **out)
         free(w->threads);
         free(w->running);
         free(w->owners);
+        an_engine_close(w->eng);
+        pthread_mutex_destroy(&w->mu);
+        pthread_cond_destroy(&w->cv);
         free(w);
         return CTG_ENOMEM;
     }
@@ -312,5 +578,6 @@ void ctg_workers_stop(ctg_workers *w)
     free(w->threads);
     free(w->running);
     free(w->owners);
+    an_engine_close(w->eng);
     free(w);
 }

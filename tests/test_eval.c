@@ -30,15 +30,7 @@
 
 extern const test_case eval_tests[];
 
-static const char *root_path(const char *rel)
-{
-    static char path[2][4096];
-    static int which;
-    const char *root = getenv("CTG_ROOT");
-    which ^= 1;
-    snprintf(path[which], sizeof path[which], "%s/%s", root ? root : ".", rel);
-    return path[which];
-}
+#define root_path tu_root_path
 
 /* ---- findings list ---------------------------------------------------------------- */
 
@@ -185,28 +177,9 @@ static txt_encoder *open_glove(void)
     return e;
 }
 
-static const char *const tiny_organs[] = {"liver", "spleen", "kidney_left", "kidney_right",
-                                          "pancreas", "aorta", "gallbladder", "stomach"};
-#define TINY_K 8
-
-static mdl_model *tiny_model(int embed_dim, int text_dim, const char *text_id)
-{
-    mdl_config c = mdl_config_default(TINY_K);
-    c.width = 4;
-    c.depth = 2;
-    c.max_width = 16;
-    c.embed_dim = embed_dim;
-    c.mlp_hidden = 32;
-    c.text_dim = text_dim;
-    c.patch[0] = c.patch[1] = c.patch[2] = 16;
-    int ids[TINY_K];
-    for (int i = 0; i < TINY_K; i++) ids[i] = ctg_organ_id(tiny_organs[i]);
-    mdl_model *m = NULL;
-    char why[256] = "";
-    if (mdl_new(&c, ids, text_id, 7, &m, why, sizeof why) != 0)
-        fprintf(stderr, "mdl_new: %s\n", why);
-    return m;
-}
+#define tiny_organs tu_tiny_organs
+#define TINY_K TU_TINY_K
+#define tiny_model tu_tiny_model
 
 static int check_scoring(const mdl_model *m, txt_encoder *enc, const zs_list *l)
 {

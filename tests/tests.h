@@ -48,6 +48,15 @@ float *tu_frand(size_t n, float lo, float hi);
  * NULL.  Returns its exit status. */
 int tu_phantom(const char *first, ...);
 
+/* $CTG_ROOT/rel (the source tree; "." when unset); two buffers in turn. */
+const char *tu_root_path(const char *rel);
+/* A tiny model of TU_TINY_K abdominal organs (width 4, depth 2, patch 16,
+ * fixed seed) for scoring and pipeline tests; NULL on failure. */
+#define TU_TINY_K 8
+extern const char *const tu_tiny_organs[TU_TINY_K];
+struct mdl_model;
+struct mdl_model *tu_tiny_model(int embed_dim, int text_dim, const char *text_id);
+
 /* NULL-terminated tables, one per test file. */
 extern const test_case store_tests[];
 extern const test_case queue_tests[];

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 
 #include "tests.h"
+#include "core/organs.h"
+#include "core/model.h"
 #include "tools/tools.h"
 
 char *tu_slurp(const char *path, size_t *len)
@@ -64,4 +66,36 @@ int tu_phantom(const char *first, ...)
     argv[argc++] = (char *)"--quiet";
     argv[argc] = NULL;
     return ctg_phantom_main(argc, argv);
+}
+
+const char *tu_root_path(const char *rel)
+{
+    static char path[2][4096];
+    static int which;
+    const char *root = getenv("CTG_ROOT");
+    which ^= 1;
+    snprintf(path[which], sizeof path[which], "%s/%s", root ? root : ".", rel);
+    return path[which];
+}
+
+const char *const tu_tiny_organs[TU_TINY_K] = {"liver",    "spleen", "kidney_left", "kidney_right",
+                                               "pancreas", "aorta",  "gallbladder", "stomach"};
+
+mdl_model *tu_tiny_model(int embed_dim, int text_dim, const char *text_id)
+{
+    mdl_config c = mdl_config_default(TU_TINY_K);
+    c.width = 4;
+    c.depth = 2;
+    c.max_width = 16;
+    c.embed_dim = embed_dim;
+    c.mlp_hidden = 32;
+    c.text_dim = text_dim;
+    c.patch[0] = c.patch[1] = c.patch[2] = 16;
+    int ids[TU_TINY_K];
+    for (int i = 0; i < TU_TINY_K; i++) ids[i] = ctg_organ_id(tu_tiny_organs[i]);
+    mdl_model *m = NULL;
+    char why[256] = "";
+    if (mdl_new(&c, ids, text_id, 7, &m, why, sizeof why) != 0)
+        fprintf(stderr, "mdl_new: %s\n", why);
+    return m;
 }

@@ -5,8 +5,12 @@
  *   ctglip [-c CONF] studies           one line per study
  *   ctglip [-c CONF] jobs [STATE]      one line per job (optionally one state)
  *   ctglip [-c CONF] requeue JOB       a done or failed job back to the queue
+ *   ctglip [-c CONF] exports [STATE]   one line per export (file x destination)
+ *   ctglip [-c CONF] requeue export ID         a dead export back to the queue
+ *   ctglip [-c CONF] requeue dead [DESTINATION] every dead export back to the queue
  *   ctglip echo HOST PORT AET          C-ECHO a peer
  *   ctglip send HOST PORT AET FILE...  C-STORE files exactly as stored
+ *   ctglip infer PATH                  one study through the model (tools/infer.c)
  *
  * It reads the daemon's config for the index path and opens the index
  * read-only (requeue excepted), so it works while ctglipd runs.
@@ -33,11 +37,13 @@ static int usage(void)
 {
     fprintf(stderr,
             "usage: ctglip [-c CONF] status | studies | jobs [STATE] | requeue JOB\n"
+            "       ctglip [-c CONF] exports [STATE] | requeue export ID | requeue dead [DEST]\n"
             "       ctglip [--aet AE] [--tls CERT KEY CA] [--timeout S] echo HOST PORT AET\n"
             "       ctglip [--aet AE] [--tls CERT KEY CA] [--timeout S] send HOST PORT AET FILE...\n"
             "       ctglip phantom --seed S --count N --out DIR [options]   (--help for options)\n"
             "       ctglip volume [options] --out FILE.nii.gz DICOM-FILE-OR-DIR...\n"
-            "       ctglip view [options] --out FILE.png CT [LABELS]\n");
+            "       ctglip view [options] --out FILE.png CT [LABELS]\n"
+            "       ctglip infer [options] DICOM-FOLDER|CT.nii.gz   (--help for options)\n");
     return 2;
 }
 
@@ -100,6 +106,10 @@ static int cmd_status(void)
     printf("jobs          queued %d, running %d, done %d, failed %d, superseded %d\n",
            c.jobs[JOB_QUEUED], c.jobs[JOB_RUNNING], c.jobs[JOB_DONE], c.jobs[JOB_FAILED],
            c.jobs[JOB_SUPERSEDED]);
+    printf("exports       queued %d, sending %d, done %d, dead %d (%d destination(s) "
+           "configured)\n",
+           c.exports[EXP_QUEUED], c.exports[EXP_SENDING], c.exports[EXP_DONE],
+           c.exports[EXP_DEAD], cfg.n_destinations);
     st_close(st);
     if (cfg.port) {
         char why[256];
@@ -114,7 +124,7 @@ static int cmd_status(void)
 
 typedef struct table {
     int rows;
-    int kind; /* 0 studies, 1 jobs */
+    int kind; /* 0 studies, 1 jobs, 2 exports */
 } table;
 
 static int study_row(void *ud, int ncol, const char **names, const char **v)
@@ -217,6 +227,89 @@ static int cmd_requeue(const char *id)
     return 0;
 }
 
+/* ---- exports ---------------------------------------------------------------- */
+
+static int export_row(void *ud, int ncol, const char **names, const char **v)
+{
+    table *t = ud;
+    (void)names;
+    if (ncol < 8) return 0;
+    if (t->rows++ == 0)
+        printf("%6s  %-16s  %-7s  %8s  %-19s  %-40s  %s\n", "EXPORT", "DESTINATION", "STATE",
+               "ATTEMPTS", "NEXT TRY", "LAST ERROR", "FILE");
+    /* The next try means something only for a queued row. */
+    char next[32];
+    if (v[2] && !strcmp(v[2], "queued"))
+        fmt_time(v[4], next, sizeof next);
+    else
+        snprintf(next, sizeof next, "-");
+    printf("%6s  %-16s  %-7s  %8s  %-19s  %-40.40s  %s\n", v[0], v[1], v[2], v[3], next,
+           v[6] ? v[6] : "", v[7]);
+    return 0;
+}
+
+static int cmd_exports(const char *state)
+{
+    ctg_config cfg;
+    if (load_conf(&cfg) < 0) return 1;
+    int want = -1;
+    if (state && (want = st_export_state_parse(state)) < 0) {
+        fprintf(stderr, "ctglip: unknown export state '%s' (queued, sending, done, dead)\n",
+                state);
+        return 2;
+    }
+    st_store *st = open_index(&cfg, 1);
+    if (!st) return 1;
+    table t = {0, 2};
+    int r = st_export_list(st, want, NULL, export_row, &t);
+    if (r == 0 && t.rows == 0) printf("no exports\n");
+    st_close(st);
+    return r < 0 ? 1 : 0;
+}
+
+static int cmd_requeue_export(const char *id)
+{
+    ctg_config cfg;
+    char *end;
+    long long n = strtoll(id, &end, 10);
+    if (*end || end == id || n <= 0) {
+        fprintf(stderr, "ctglip: '%s' is not an export id\n", id);
+        return 2;
+    }
+    if (load_conf(&cfg) < 0) return 1;
+    st_store *st = open_index(&cfg, 0);
+    if (!st) return 1;
+    int r = st_export_requeue(st, n, ctg_now());
+    st_close(st);
+    if (r < 0) {
+        fprintf(stderr, "ctglip: requeue export %s: %s\n", id,
+                r == CTG_ENOTFOUND ? "no such export"
+                : r == CTG_ESTATE  ? "it is done or being sent"
+                                   : ctg_strerror(r));
+        return 1;
+    }
+    printf("export %s queued again\n", id);
+    return 0;
+}
+
+static int cmd_requeue_dead(const char *dest)
+{
+    ctg_config cfg;
+    if (load_conf(&cfg) < 0) return 1;
+    st_store *st = open_index(&cfg, 0);
+    if (!st) return 1;
+    int r = st_export_requeue_dead(st, dest, ctg_now());
+    st_close(st);
+    if (r < 0) {
+        fprintf(stderr, "ctglip: requeue dead exports: %s\n", ctg_strerror(r));
+        return 1;
+    }
+    printf("%d dead export(s)%s%s queued again\n", r, dest ? " of " : "", dest ? dest : "");
+    if (dest && !ctg_destination_find(&cfg, dest))
+        fprintf(stderr, "ctglip: note: destination %s is not in %s\n", dest, conf_path);
+    return 0;
+}
+
 static int peer_from(char **argv, dcm_peer *p)
 {
     memset(p, 0, sizeof *p);
@@ -274,6 +367,7 @@ int main(int argc, char **argv)
     if (argc > 1 && !strcmp(argv[1], "phantom")) return ctg_phantom_main(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "view")) return ctg_view_main(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "volume")) return ctg_volume_main(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "infer")) return ctg_infer_main(argc - 1, argv + 1);
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (!strcmp(argv[i], "-c") && i + 1 < argc) {
@@ -302,6 +396,11 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "status") && rest == 0) return cmd_status();
     if (!strcmp(cmd, "studies") && rest == 0) return cmd_studies();
     if (!strcmp(cmd, "jobs") && rest <= 1) return cmd_jobs(rest ? argv[i] : NULL);
+    if (!strcmp(cmd, "exports") && rest <= 1) return cmd_exports(rest ? argv[i] : NULL);
+    if (!strcmp(cmd, "requeue") && rest == 2 && !strcmp(argv[i], "export"))
+        return cmd_requeue_export(argv[i + 1]);
+    if (!strcmp(cmd, "requeue") && rest >= 1 && rest <= 2 && !strcmp(argv[i], "dead"))
+        return cmd_requeue_dead(rest == 2 ? argv[i + 1] : NULL);
     if (!strcmp(cmd, "requeue") && rest == 1) return cmd_requeue(argv[i]);
     if (!strcmp(cmd, "echo") && rest == 3) return cmd_echo(argv + i);
     if (!strcmp(cmd, "send") && rest >= 4) return cmd_send(argv + i, rest - 3);

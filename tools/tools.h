@@ -13,4 +13,18 @@ int ctg_view_main(int argc, char **argv);
 /* ctglip volume [options] --out FILE.nii.gz PATH...  (tools/volume.c) */
 int ctg_volume_main(int argc, char **argv);
 
+/* ctglip infer [options] PATH  (tools/infer.c) */
+int ctg_infer_main(int argc, char **argv);
+
+/* A list of file paths (tools/files.c). */
+typedef struct ctg_file_list {
+    char **v;
+    size_t n, cap;
+} ctg_file_list;
+/* Adds path, or every regular file under it (recursively, hidden entries
+ * skipped) when it is a folder, then keeps the list sorted.  0, or CTG_E*
+ * (unreadable path, CTG_ETOOBIG past 200,000 files). */
+int ctg_collect_files(ctg_file_list *l, const char *path, int depth);
+void ctg_file_list_free(ctg_file_list *l);
+
 #endif

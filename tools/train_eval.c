@@ -524,6 +524,12 @@ static int calibrate(const ev_opts *o, const zs_list *l, const ev_result *r)
         fprintf(stderr, "calibrate: %s: %s\n", o->model, why);
         return rc;
     }
+    /* A model from before spacing was recorded (format version 1) learns the
+     * grid it was calibrated on. */
+    if (!(m->spacing[0] > 0)) {
+        float sp[3] = {(float)r->spacing[0], (float)r->spacing[1], (float)r->spacing[2]};
+        mdl_set_spacing(m, sp);
+    }
     /* Old calibration goes; this one replaces it whole. */
     for (int i = m->n_meta - 1; i >= 0; i--)
         if (!strncmp(m->meta[i].key, "threshold.", 10) ||

@@ -21,62 +21,6 @@
 #include "dicom/dicom.h"
 #include "tools/tools.h"
 
-/* A folder tree holds at most this many files; a study of more is not a
- * CT study this tool should be reading in one go. */
-#define MAX_FILES 200000
-
-typedef struct file_list {
-    char **v;
-    size_t n, cap;
-} file_list;
-
-static int list_add(file_list *l, const char *path)
-{
-    if (l->n == MAX_FILES) return CTG_ETOOBIG;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 256;
-        char **v = realloc(l->v, cap * sizeof *v);
-        if (!v) return CTG_ENOMEM;
-        l->v = v;
-        l->cap = cap;
-    }
-    if (!(l->v[l->n] = strdup(path))) return CTG_ENOMEM;
-    l->n++;
-    return 0;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Adds path, or every regular file under it when it is a folder. */
-static int collect(file_list *l, const char *path, int depth)
-{
-    struct stat st;
-    if (stat(path, &st) != 0) {
-        fprintf(stderr, "ctglip volume: %s: %s\n", path, strerror(errno));
-        return ctg_errno(errno);
-    }
-    if (!S_ISDIR(st.st_mode)) return S_ISREG(st.st_mode) ? list_add(l, path) : 0;
-    if (depth > 16) return 0;
-    DIR *d = opendir(path);
-    if (!d) {
-        fprintf(stderr, "ctglip volume: %s: %s\n", path, strerror(errno));
-        return ctg_errno(errno);
-    }
-    struct dirent *e;
-    int rc = 0;
-    while (rc == 0 && (e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        char sub[4096];
-        if ((size_t)snprintf(sub, sizeof sub, "%s/%s", path, e->d_name) >= sizeof sub) continue;
-        rc = collect(l, sub, depth + 1);
-    }
-    closedir(d);
-    return rc;
-}
-
 /* Checks v against a reference NIfTI file (brought to canonical orientation
  * first): the same grid, and with `values` HU within tol.  Prints what it
  * found; returns 0 when it matches. */
@@ -169,19 +113,21 @@ int ctg_volume_main(int argc, char **argv)
     }
     if (!out || i >= argc) return usage();
 
-    file_list files = {0};
+    ctg_file_list files = {0};
     ctg_vol *vol = NULL, *res = NULL;
     dcm_vol_info info;
     memset(&info, 0, sizeof info);
     char why[1024] = "";
     int rc = 1;
     for (; i < argc; i++)
-        if (collect(&files, argv[i], 0) < 0) goto done;
+        if (ctg_collect_files(&files, argv[i], 0) < 0) {
+            fprintf(stderr, "ctglip volume: %s: cannot read it\n", argv[i]);
+            goto done;
+        }
     if (files.n == 0) {
         fprintf(stderr, "ctglip volume: no files\n");
         goto done;
     }
-    qsort(files.v, files.n, sizeof *files.v, cmp_str);
 
     dcm_global_init();
     dcm_quiet();
@@ -219,7 +165,6 @@ done:
     ctg_vol_free(res);
     ctg_vol_free(vol);
     dcm_vol_info_free(&info);
-    for (size_t k = 0; k < files.n; k++) free(files.v[k]);
-    free(files.v);
+    ctg_file_list_free(&files);
     return rc;
 }
