@@ -294,8 +294,9 @@ typedef struct dcm_source {
 } dcm_source;
 
 /* A UID made from a hex string (e.g. a SHA-256): "2.25." followed by the
- * decimal value of its first 128 bits.  out gets at most 64 characters
- * plus NUL.  Returns 0 or CTG_EINVAL (fewer than 32 hex digits). */
+ * decimal value of its first 128 bits (big-endian), at most 44 characters
+ * plus NUL.  Returns 0 or CTG_EINVAL (NULL, fewer than 32 hex digits, or
+ * anything but hex digits in the string). */
 int dcm_uid_from_hex(const char *hex, char out[65]);
 
 typedef struct dcm_seg_segment {
@@ -312,9 +313,13 @@ typedef struct dcm_seg_segment {
 typedef struct dcm_seg_input {
     const dcm_source *src;
     /* CTG_U8 label map on the grid of the volume dcm_series_volume built
-     * from src (same size and affine). */
+     * from src (same size and affine).  Labels that no segment names are
+     * ignored. */
     const ctg_vol *labels;
-    int nsegments;              /* segment i is Segment Number i+1 */
+    /* Segment i is Segment Number i+1.  Labels are distinct, and every
+     * segment has at least one voxel (leave absent structures out: a
+     * segment without frames helps no viewer). */
+    int nsegments;
     const dcm_seg_segment *segments;
     const dcm_equipment *eq;
     const char *series_uid;     /* NULL: new */
@@ -322,14 +327,25 @@ typedef struct dcm_seg_input {
     const char *series_desc;    /* NULL: "ctglip organ segmentation" */
 } dcm_seg_input;
 
-/* Writes a binary Segmentation Storage object (DCMTK dcmseg): patient,
- * study and frame of reference from the source; one frame per segment
- * and source slice where the segment has voxels, in the plane of that
- * slice, referencing it (Derivation Image, Source Image); algorithm
- * identification (type AUTOMATIC, name and version from eq).  The file
- * goes to a temp name, is fsynced and renamed.  sop_uid (may be NULL)
- * gets the new SOP Instance UID.  Returns 0 or CTG_E* with the reason in
- * why. */
+/* Writes a binary Segmentation Storage object (DCMTK dcmseg) in explicit
+ * VR little endian: patient, study and frame of reference from the source;
+ * a new series; one frame per segment and source slice where the segment
+ * has voxels (per segment, then in increasing slice order), in the plane
+ * of that slice on the label map's canonical grid (orientation from the
+ * affine columns of the two in-plane axes, position = affine at the
+ * plane's first voxel), referencing the source instance, and frame for
+ * Enhanced CT (Derivation Image; a slice dcm_series_volume filled has an
+ * empty Source Image Sequence); Referenced Series with every source
+ * instance; segments with SNOMED CT codes, CIELab colour, tracking ID/UID
+ * and algorithm identification (AUTOMATIC, family "Artificial
+ * Intelligence", name eq->model_name, version eq->model_version).  eq needs
+ * manufacturer, software_version and model_name; model_version becomes the
+ * Device Serial Number and device_uid the Device UID, in General and in
+ * Contributing Equipment.  The file goes to a temp name in path's folder
+ * (which must exist), is fsynced and renamed, and the folder fsynced.
+ * sop_uid (may be NULL) gets the new SOP Instance UID.  Returns 0,
+ * CTG_EINVAL / CTG_EBADUID for bad input, or CTG_EIO, CTG_ENOMEM,
+ * CTG_EDICOM, a system error; the reason (one line) in why. */
 int dcm_write_seg(const dcm_seg_input *in, const char *path, char sop_uid[65], char *why,
                   size_t n);
 

@@ -12,11 +12,21 @@
 #define CTG_IMPLEMENTATION_NAME "CTGLIP_010"
 
 class DcmTLSTransportLayer;
+class DcmFileFormat;
 
 /* Process-wide DCMTK set-up, run once through dcm_global_init(). */
 void dcm__init_once(void);
 /* Builds a TLS transport layer from the config; logs and returns
  * CTG_ECONFIG on bad files.  The caller owns *out. */
 int dcm__tls_layer(const dcm_tls_config *t, int acceptor, DcmTLSTransportLayer **out);
+
+/* Helpers of the derived-object writers (seg.cc). */
+/* A new UID: "2.25." and a random 128-bit number (version-4 UUID form),
+ * at most 44 characters. */
+void dcm__uid_random(char out[65]);
+/* Durable write of ff in explicit VR little endian with our implementation
+ * UID in the meta header: a temp file beside path, fsync, rename, fsync of
+ * the folder.  Returns 0 or CTG_E* with the reason in why. */
+int dcm__save_file(DcmFileFormat &ff, const char *path, char *why, size_t n);
 
 #endif
