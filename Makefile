@@ -55,7 +55,7 @@ DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
 
 BINS := $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/ctglip-train $(BUILD)/tests/runner
 
-.PHONY: all test run bench bench-ingest bench-conv vocab model clean deps check-config install fuzz
+.PHONY: all test run demo bench bench-ingest bench-conv vocab model clean deps check-config install fuzz
 all: $(BINS)
 
 $(BUILD)/ctglipd: $(call obj,daemon/main.c) $(DAEMON_OBJ) $(LIB_OBJ)
@@ -93,6 +93,11 @@ test: deps all
 
 run: deps all
 	$(BUILD)/ctglipd -c etc/ctglipd.conf
+
+# Starts ctglipd on the shipped config and model in a scratch folder, sends a
+# phantom study with storescu and prints the SR it writes (dsrdump).
+demo: deps all
+	sh scripts/demo.sh $(BUILD)
 
 check-config: all
 	$(BUILD)/ctglipd -t -c etc/ctglipd.conf

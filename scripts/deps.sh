@@ -6,9 +6,8 @@ set -eu
 
 PKGS="g++ make pkg-config libdcmtk-dev dcmtk libuv1-dev libsqlite3-dev sqlite3
 libinih-dev libcjson-dev libsystemd-dev libssl-dev openssl curl procps iproute2 bc libgdcm-tools
-libnifti2-dev libpng-dev zlib1g-dev dicom3tools libdnnl-dev"
-# Peers used only by benchmarks.
-[ "${BENCH_DEPS:-0}" = 1 ] && PKGS="$PKGS orthanc"
+libnifti2-dev libpng-dev zlib1g-dev dicom3tools libdnnl-dev orthanc jq
+pixelmed-apps default-jre-headless"
 # The libFuzzer build.
 [ "${FUZZ_DEPS:-0}" = 1 ] && PKGS="$PKGS clang libclang-rt-14-dev"
 
