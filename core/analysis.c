@@ -217,6 +217,59 @@ int an_result_positives(const an_result *r)
     return k;
 }
 
+/* Outside the body: the air (HU < -500) connected to the volume's side
+ * faces (x and y; not the z faces, where a cut trachea or bowel would let
+ * the flood into the lungs and gut).  Predicted labels there are cleared:
+ * the model never saw air outside a body labelled as an organ, and must
+ * not report one there.  Returns the number of voxels cleared, or
+ * CTG_ENOMEM. */
+static int64_t clear_outside(const ctg_vol *hu, ctg_vol *lab)
+{
+    int nx = hu->nx, ny = hu->ny, nz = hu->nz;
+    size_t nv = ctg_vol_count(hu), head = 0, tail = 0;
+    const float *h = hu->data;
+    uint8_t *l = lab->data;
+    uint8_t *seen = calloc(nv, 1);
+    size_t *q = malloc(sizeof(size_t) * nv);
+    if (!seen || !q) {
+        free(seen);
+        free(q);
+        return CTG_ENOMEM;
+    }
+#define AN_PUSH(i)                                                                                \
+    do {                                                                                          \
+        size_t i_ = (i);                                                                          \
+        if (!seen[i_] && h[i_] < -500.0f) seen[i_] = 1, q[tail++] = i_;                          \
+    } while (0)
+    for (int z = 0; z < nz; z++) {
+        size_t base = (size_t)z * ny * nx;
+        for (int x = 0; x < nx; x++) {
+            AN_PUSH(base + x);
+            AN_PUSH(base + (size_t)(ny - 1) * nx + x);
+        }
+        for (int y = 0; y < ny; y++) {
+            AN_PUSH(base + (size_t)y * nx);
+            AN_PUSH(base + (size_t)y * nx + nx - 1);
+        }
+    }
+    int64_t cleared = 0;
+    while (head < tail) {
+        size_t i = q[head++];
+        if (l[i]) l[i] = 0, cleared++;
+        int x = (int)(i % nx), y = (int)(i / nx % ny), z = (int)(i / ((size_t)nx * ny));
+        if (x > 0) AN_PUSH(i - 1);
+        if (x < nx - 1) AN_PUSH(i + 1);
+        if (y > 0) AN_PUSH(i - nx);
+        if (y < ny - 1) AN_PUSH(i + nx);
+        if (z > 0) AN_PUSH(i - (size_t)nx * ny);
+        if (z < nz - 1) AN_PUSH(i + (size_t)nx * ny);
+    }
+#undef AN_PUSH
+    free(seen);
+    free(q);
+    return cleared;
+}
+
 int an_run(an_engine *e, an_ctx *c, const ctg_vol *hu, an_result *r, char *why, size_t n)
 {
     memset(r, 0, sizeof *r);
@@ -281,6 +334,13 @@ int an_run(an_engine *e, an_ctx *c, const ctg_vol *hu, an_result *r, char *why, 
     }
     double t2 = ctg_mono();
     r->t_model = t2 - t1;
+    int64_t cl = clear_outside(in, lab_model);
+    if (cl < 0) {
+        rc = (int)cl;
+        WHY("out of memory");
+        goto fail;
+    }
+    r->cleared_outside = cl;
 
     /* 3. Back on the source grid: measures there. */
     if (in == hu) {

@@ -7,8 +7,10 @@
  *      model's training spacing (trilinear);
  *   2. sliding-window inference (mdl_infer): organ label map and one
  *      embedding per organ, pooled in the predicted mask;
- *   3. the label map back onto the source grid (nearest neighbour), where
- *      each organ's volume (mL) and mean HU are measured;
+ *   3. organ labels in the air outside the body (HU < -500 connected to
+ *      the volume's sides) are cleared; the label map goes back onto the
+ *      source grid (nearest neighbour), where each organ's volume (mL) and
+ *      mean HU are measured;
  *   4. the zero-shot organ check: an organ whose embedding is not nearest
  *      to its own name's prompt is flagged low confidence;
  *   5. every configured finding that applies to the organ scored against
@@ -111,6 +113,9 @@ typedef struct an_result {
     /* Seconds spent: resampling, model, label map back and measures,
      * scoring. */
     double t_resample, t_model, t_measure, t_score;
+    /* Voxels of the model grid predicted as an organ but lying in the air
+     * outside the body (HU < -500 connected to the sides), cleared. */
+    int64_t cleared_outside;
     an_findings *held;     /* reference to the list (internal) */
 } an_result;
 

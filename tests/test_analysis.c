@@ -15,7 +15,10 @@
 #include "core/core.h"
 #include "core/model.h"
 #include "core/text.h"
+#include "daemon/daemon.h"
+#include "dicom/dicom.h"
 #include "tests.h"
+#include "tools/tools.h"
 
 /* A phantom CT volume (NIfTI) and a saved tiny model trained at 6 mm. */
 static int setup(ctg_vol **ct)
@@ -231,7 +234,103 @@ static int test_bad_input(void)
     return 0;
 }
 
+/* The whole pipeline a job runs (ctg_analyze_study): a DICOM phantom gives
+ * a SEG and an SR in the study; a second run names the first SR as its
+ * predecessor; a volume of air and a study without CT fail with reasons
+ * that say so (the worker turns these codes into a failed job at once). */
+static int test_pipeline(void)
+{
+    ctg_vol *ct = NULL;
+    CHECK(setup(&ct) == 0);
+    ctg_vol_free(ct);
+    CHECK(tu_phantom("--seed", "12", "--count", "1", "--out", "d", "--matrix", "48",
+                     "--thickness", "6", "--fov", "abdomen", NULL) == 0);
+    dcm_global_init();
+    an_opts o = opts();
+    an_engine *e = NULL;
+    char why[512] = "";
+    CHECK_EQ_INT(an_engine_open(&o, &e, why, sizeof why), 0);
+    ctg_file_list fl = {0};
+    CHECK_EQ_INT(ctg_collect_files(&fl, "d/case_0000/dicom", 0), 0);
+    CHECK(fl.n > 5);
+    ctg_analyze_opts ao = {.model_name = "ctglip CT-GLIP test", .dir = "r/1"};
+    ctg_analysis a;
+    CHECK_EQ_INT(ctg_analyze_study(e, NULL, (const char *const *)fl.v, (int)fl.n, &ao, &a, why,
+                                   sizeof why),
+                 0);
+    CHECK_EQ_INT(a.nsrc, (int)fl.n);
+    ctg_instance sr, seg, src;
+    CHECK_EQ_INT(dcm_read_instance(a.rep.sr_path, &sr, why, sizeof why), 0);
+    CHECK_EQ_INT(dcm_read_instance(a.rep.seg_path, &seg, why, sizeof why), 0);
+    CHECK_EQ_INT(dcm_read_instance(fl.v[0], &src, why, sizeof why), 0);
+    CHECK(strcmp(sr.sop_class, "1.2.840.10008.5.1.4.1.1.88.34") == 0);
+    CHECK(strcmp(seg.sop_class, "1.2.840.10008.5.1.4.1.1.66.4") == 0);
+    CHECK(strcmp(sr.study_uid, src.study_uid) == 0 && strcmp(seg.study_uid, src.study_uid) == 0);
+    CHECK(strcmp(sr.sop_uid, a.rep.sr_uid) == 0 && strcmp(seg.sop_uid, a.rep.seg_uid) == 0);
+    CHECK(strcmp(sr.series_uid, src.series_uid) != 0);
+    char first_sr[65];
+    snprintf(first_sr, sizeof first_sr, "%s", a.rep.sr_uid);
+    ctg_analysis_free(&a);
+    /* Processed again: the new SR names the first. */
+    ao.dir = "r/2";
+    ao.predecessor_sr = "r/1/sr.dcm";
+    CHECK_EQ_INT(ctg_analyze_study(e, NULL, (const char *const *)fl.v, (int)fl.n, &ao, &a, why,
+                                   sizeof why),
+                 0);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "dcmdump +P PredecessorDocumentsSequence +P ReferencedSOPInstanceUID "
+                              "r/2/sr.dcm | grep -c %s > pred.txt", first_sr);
+    CHECK(system(cmd) == 0);
+    char *cnt = tu_slurp("pred.txt", NULL);
+    CHECK(cnt && atoi(cnt) >= 1);
+    free(cnt);
+    ctg_analysis_free(&a);
+
+    /* Air: no organ. */
+    ctg_vol *air = ctg_vol_new(40, 40, 12, CTG_F32);
+    CHECK(air);
+    for (size_t i = 0; i < ctg_vol_count(air); i++) ((float *)air->data)[i] = -1000;
+    air->aff[0][0] = air->aff[1][1] = 8;
+    air->aff[2][2] = 10;
+    dcm_ct_meta m;
+    memset(&m, 0, sizeof m);
+    m.patient_name = "Air^Only";
+    m.patient_id = "AIR1";
+    m.patient_position = "HFS";
+    m.series_number = 1;
+    m.pixel_signed = 1;
+    CHECK_EQ_INT(dcm_write_ct_series("air", air, &m, why, sizeof why), 0);
+    ctg_vol_free(air);
+    ctg_file_list al = {0};
+    CHECK_EQ_INT(ctg_collect_files(&al, "air", 0), 0);
+    ao.dir = "r/3";
+    ao.predecessor_sr = NULL;
+    /* The untrained test model paints organs into anything; the shipped
+     * one knows air. */
+    an_engine_close(e);
+    char mp[4096];
+    snprintf(mp, sizeof mp, "%s", tu_root_path("models/default.ctglip"));
+    o.model = mp;
+    CHECK_EQ_INT(an_engine_open(&o, &e, why, sizeof why), 0);
+    int rc = ctg_analyze_study(e, NULL, (const char *const *)al.v, (int)al.n, &ao, &a, why,
+                               sizeof why);
+    printf("air: %d %s\n", rc, why);
+    CHECK_EQ_INT(rc, CTG_EREJECT);
+    CHECK(strstr(why, "no organ"));
+    /* No CT at all: the SR alone. */
+    const char *only_sr[] = {"r/1/sr.dcm"};
+    rc = ctg_analyze_study(e, NULL, only_sr, 1, &ao, &a, why, sizeof why);
+    printf("SR only: %d %s\n", rc, why);
+    CHECK(rc == CTG_EREJECT || rc == CTG_EFORMAT);
+    CHECK(strstr(why, "CT"));
+    ctg_file_list_free(&al);
+    ctg_file_list_free(&fl);
+    an_engine_close(e);
+    return 0;
+}
+
 const test_case analysis_tests[] = {
+    {"analysis_pipeline", test_pipeline},
     {"analysis_measures", test_measures},
     {"analysis_reload", test_reload},
     {"analysis_bad_input", test_bad_input},
