@@ -25,7 +25,9 @@ free_port() {
 }
 
 # write_conf [EXTRA-INI] : $T/ctglipd.conf with a fresh port, the spool and
-# index under $T, a short stable time; EXTRA is appended (more sections).
+# index under $T, a short stable time, no model unless MODEL names one (jobs
+# then only build the volume); EXTRA is appended (more sections; a key given
+# again overrides).
 write_conf() {
     PORT=${PORT:-$(free_port)}
     cat > "$T/ctglipd.conf" <<CONF
@@ -45,6 +47,11 @@ retry_base_seconds = 1
 [daemon]
 log_level = ${LOG_LEVEL:-info}
 shutdown_grace_seconds = 5
+[model]
+path = ${MODEL:-}
+findings = $ROOT/etc/findings.conf
+vocab = $ROOT/models/glove100.vocab
+reports = $T/reports
 CONF
     if [ $# -gt 0 ]; then printf '%s\n' "$1" >> "$T/ctglipd.conf"; fi
 }
