@@ -351,33 +351,44 @@ int dcm_write_seg(const dcm_seg_input *in, const char *path, char sop_uid[65], c
 
 /* One configured finding evaluated on one organ. */
 typedef struct dcm_sr_finding {
-    dcm_code finding;           /* SNOMED CT where one exists, else a ctglip private code */
+    /* SNOMED CT where one exists, else the finding key of
+     * etc/findings.conf in the private scheme "99CTGLIP" (identified in
+     * the report's Coding Scheme Identification).  Code values longer
+     * than 16 characters are written as Long Code Values. */
+    dcm_code finding;
     int present;                /* the qualitative evaluation: present / absent */
-    double probability;         /* 0..1, also a numeric measurement */
-    double threshold;           /* the decision threshold used */
+    /* 0..1; reported as (111012, DCM, "Certainty of Finding") in percent,
+     * with the finding as its concept modifier. */
+    double probability;
+    double threshold;           /* 0..1, the decision threshold used (an algorithm parameter) */
 } dcm_sr_finding;
 
 /* One organ: a TID 1411 volumetric ROI group. */
 typedef struct dcm_sr_organ {
-    int segment_number;         /* its segment in the SEG */
-    const char *tracking_id;    /* e.g. "kidney_left" */
-    const char *tracking_uid;
-    dcm_code site;              /* finding site, e.g. 64033007 SCT "Kidney" */
-    dcm_code laterality;        /* or none */
-    double volume_ml;
-    double mean_hu;
-    int low_confidence;         /* the zero-shot organ check failed */
-    const char *nearest;        /* with low_confidence: the organ it looked most like */
+    int segment_number;         /* its segment in the SEG, 1..65535, one per organ */
+    const char *tracking_id;    /* e.g. "kidney_left"; printable ASCII, <= 64 characters */
+    const char *tracking_uid;   /* the SEG segment's Tracking UID where it has one */
+    dcm_code site;              /* finding site, e.g. 64033007 SCT "Kidney"; also the Finding */
+    dcm_code laterality;        /* or none (all three parts NULL or "") */
+    double volume_ml;           /* >= 0 */
+    double mean_hu;             /* NaN (no voxels) is written as "Not a number" */
+    /* The zero-shot organ check failed: the group gets a Comment saying
+     * so and naming nearest, the organ it looked most like (may be NULL). */
+    int low_confidence;
+    const char *nearest;
     int nfindings;
     const dcm_sr_finding *findings;
 } dcm_sr_organ;
 
 typedef struct dcm_sr_input {
     const dcm_source *src;
-    const char *seg_path;       /* the SEG the organs' segment numbers refer to */
-    int norgans;
+    /* The SEG the organs' segment numbers refer to: a Segmentation object
+     * of the source study that has every one of those segments.  Only its
+     * header is read. */
+    const char *seg_path;
+    int norgans;                /* >= 1 */
     const dcm_sr_organ *organs;
-    const dcm_equipment *eq;
+    const dcm_equipment *eq;    /* manufacturer, model name and version, device UID required */
     const char *predecessor_path; /* an earlier SR of this study it replaces; NULL: none */
     const char *series_uid;     /* NULL: new */
     int series_number;
@@ -385,16 +396,28 @@ typedef struct dcm_sr_input {
 } dcm_sr_input;
 
 /* Writes a Comprehensive 3D SR holding a TID 1500 Measurement Report
- * (DCMTK dcmsr/cmr): patient and study from the source, a new series,
- * procedure reported, device observer context, image library, one TID 1411
- * group per organ (tracking identifier and UID, finding site with
- * laterality, referenced segment, source series, volume and mean HU, one
- * qualitative evaluation per finding with its probability as a
- * measurement, TID 4019 algorithm identification), Contributing Equipment
- * naming the model with eq->device_uid, evidence references to the source
- * instances and the SEG, and Predecessor Documents when predecessor_path
- * is given.  Durable write as dcm_write_seg.  Returns 0 or CTG_E* with the
- * reason in why. */
+ * (DCMTK dcmsr/cmr; the tree is outlined at the top of sr.cc): patient
+ * and study copied from the first source file, a new SR series, language,
+ * device observer context (the model), procedure reported (LOINC 25045-6
+ * "CT unspecified body region"), an image library of the source
+ * instances, one TID 1411 group per organ (tracking identifier and UID,
+ * finding, finding site with laterality, referenced segment, source
+ * series, volume in ml and mean HU, each finding's certainty in percent,
+ * TID 4019 algorithm identification on every measurement, one
+ * present/absent qualitative evaluation per finding, a comment for an
+ * organ that failed the zero-shot check), General and Contributing
+ * Equipment naming the model (Device UID = eq->device_uid, Software
+ * Versions = model version then software version), Current Requested
+ * Procedure Evidence listing the source instances and the SEG, and
+ * Predecessor Documents when predecessor_path is given; COMPLETE,
+ * UNVERIFIED, content date and time from eq or the clock.  Durable write
+ * as dcm_write_seg, explicit VR little endian.  sop_uid (may be NULL) gets
+ * the new SOP Instance UID ("" after a failure).  Returns 0; CTG_EINVAL
+ * for missing, malformed or inconsistent input (a SEG or predecessor of
+ * another study, a segment the SEG lacks, a source file of another
+ * series); CTG_ENOENT and other system errors for unreadable or unwritable
+ * files; CTG_EDICOM when DCMTK refuses; always with a one-line reason in
+ * why.  Thread-safe. */
 int dcm_write_sr(const dcm_sr_input *in, const char *path, char sop_uid[65], char *why,
                  size_t n);
 

@@ -20,7 +20,7 @@ void dcm__init_once(void);
  * CTG_ECONFIG on bad files.  The caller owns *out. */
 int dcm__tls_layer(const dcm_tls_config *t, int acceptor, DcmTLSTransportLayer **out);
 
-/* Helpers of the derived-object writers (seg.cc). */
+/* Helpers of the derived-object writers (defined in seg.cc, used by sr.cc too). */
 /* A new UID: "2.25." and a random 128-bit number (version-4 UUID form),
  * at most 44 characters. */
 void dcm__uid_random(char out[65]);
