@@ -55,7 +55,7 @@ DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
 
 BINS := $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/ctglip-train $(BUILD)/tests/runner
 
-.PHONY: all test run demo bench bench-ingest bench-conv vocab model clean deps check-config install fuzz
+.PHONY: all test run demo bench bench-ingest bench-conv bench-latency vocab model clean deps check-config install fuzz
 all: $(BINS)
 
 $(BUILD)/ctglipd: $(call obj,daemon/main.c) $(DAEMON_OBJ) $(LIB_OBJ)
@@ -133,7 +133,7 @@ vocab: $(BUILD)/glove_vocab
 model: deps all
 	sh scripts/make_model.sh $(BUILD) models
 
-bench: bench-ingest bench-conv
+bench: bench-ingest bench-conv bench-latency
 
 # conv3d GFLOP/s per layer and pass next to the measured FMA peak.
 $(BUILD)/bench/conv: $(call obj,bench/conv.c $(CORE_SRC)) $(CUDA_OBJ)
@@ -141,6 +141,10 @@ $(BUILD)/bench/conv: $(call obj,bench/conv.c $(CORE_SRC)) $(CUDA_OBJ)
 
 bench-conv: deps $(BUILD)/bench/conv
 	$(BUILD)/bench/conv
+
+# Last instance received to SR delivered, with the breakdown of the steps.
+bench-latency: deps all
+	@CTG_BUILD=$(BUILD) bash bench/latency.sh
 
 bench-ingest: deps all
 	@BENCH_DEPS=1 sh scripts/deps.sh

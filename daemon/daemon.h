@@ -186,14 +186,6 @@ void ctg_exporter_wake(ctg_exporter *ex);
 /* Lets each destination finish its current association, then joins and
  * frees.  NULL is a no-op. */
 void ctg_exporter_stop(ctg_exporter *ex);
-/* For the job worker, after it wrote a job's SR and SEG: puts each file
- * into the outbox (a hard link named <outbox>/<SOPInstanceUID>.dcm, or a
- * durable copy), queues it for every destination configured now, and wakes
- * the exporter.  The caller keeps its files.  Returns 0 (also when no
- * destination is configured: nothing is queued), or CTG_E* with the reason
- * in why; then nothing is queued.  Any thread; ex NULL is a no-op. */
-int ctg_exporter_add(ctg_exporter *ex, int64_t job_id, const char *study_uid,
-                     const char *const *files, int nfiles, char *why, size_t n);
 
 /* ---- HTTP status (http.c) ------------------------------------------------ */
 

@@ -2,7 +2,8 @@
  * http.c - ctglipd's read-only HTTP status endpoint, for monitoring.
  *
  *   GET /status   JSON: version, uptime, associations in progress, index
- *                 counts, jobs by state, spool bytes and free space
+ *                 counts, jobs by state, exports by state (in all and per
+ *                 destination), spool bytes and free space
  *   GET /health   "ok" while the store answers, 503 otherwise
  *
  * It serves one short request per connection on the loop thread (libuv),
@@ -108,6 +109,23 @@ static void respond(client *c, int code, const char *type, const char *body)
     if (uv_write(&c->wr, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0) client_close(c);
 }
 
+/* Adds {"DEST": {"queued": n, ...}} rows from "destination, state, count". */
+static int dest_count_row(void *ud, int ncol, const char **names, const char **v)
+{
+    cJSON *dests = ud;
+    (void)names;
+    if (ncol < 3 || !v[0] || !v[1] || !v[2]) return 0;
+    cJSON *d = cJSON_GetObjectItemCaseSensitive(dests, v[0]);
+    if (!d) {
+        d = cJSON_AddObjectToObject(dests, v[0]);
+        if (!d) return 0;
+        for (int i = 0; i < EXP_NSTATES; i++) cJSON_AddNumberToObject(d, st_export_state_name(i), 0);
+    }
+    cJSON *n = cJSON_GetObjectItemCaseSensitive(d, st_export_state_name(atoi(v[1])));
+    if (n) cJSON_SetNumberValue(n, atof(v[2]));
+    return 0;
+}
+
 static char *status_json(ctg_http *h, int *ok)
 {
     st_counts cnt;
@@ -127,6 +145,15 @@ static char *status_json(ctg_http *h, int *ok)
     cJSON_AddNumberToObject(idx, "instances", cnt.instances);
     cJSON *jobs = cJSON_AddObjectToObject(o, "jobs");
     for (int i = 0; i < 5; i++) cJSON_AddNumberToObject(jobs, st_job_state_name(i), cnt.jobs[i]);
+    cJSON *exps = cJSON_AddObjectToObject(o, "exports");
+    for (int i = 0; i < EXP_NSTATES; i++)
+        cJSON_AddNumberToObject(exps, st_export_state_name(i), cnt.exports[i]);
+    cJSON *dests = cJSON_AddObjectToObject(exps, "destinations");
+    if (dests)
+        st_query(h->st,
+                 "SELECT destination, state, count(*) FROM exports GROUP BY destination, state"
+                 " ORDER BY destination",
+                 dest_count_row, dests);
     cJSON *sp = cJSON_AddObjectToObject(o, "spool");
     cJSON_AddNumberToObject(sp, "bytes_stored", (double)cnt.bytes);
     cJSON_AddNumberToObject(sp, "bytes_free", (double)avail);

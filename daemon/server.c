@@ -130,6 +130,9 @@ static void recover_dead_workers(server *s)
     if (n > 0) log_info("server: %d job(s) of a previous run returned to the queue", n);
 }
 
+/* The workers' hook after a job queued its report for export. */
+static void wake_exporter(void *ud) { ctg_exporter_wake(ud); }
+
 /* ---- reload ------------------------------------------------------------------------ */
 
 static void reload(server *s)
@@ -264,6 +267,8 @@ int ctg_server_run(ctg_config *cfg)
         log_error("server: cannot start workers: %s", ctg_strerror(r));
         goto fail_store;
     }
+    /* A report queued before this line is found by the exporter's poll. */
+    ctg_workers_set_export_hook(s->workers, wake_exporter, s->exporter);
 
     uv_loop_init(&s->loop);
     uv_signal_init(&s->loop, &s->sig_term);

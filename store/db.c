@@ -79,6 +79,27 @@ static const char *const migrations[] = {
     "  supersedes INTEGER, superseded_by INTEGER);"
     "CREATE INDEX jobs_state ON jobs(state, not_before);"
     "CREATE INDEX jobs_study ON jobs(study_ref);",
+
+    /* 1 -> 2: the export outbox, one row per (file, destination).  state:
+     * 0 queued, 1 sending, 2 done, 3 dead (EXP_*).  IF NOT EXISTS lets the
+     * step run again on an index whose version number was set back by hand
+     * (tests do that). */
+    "CREATE TABLE IF NOT EXISTS exports("
+    "  id INTEGER PRIMARY KEY,"
+    "  job_id INTEGER NOT NULL DEFAULT 0,"
+    "  study_uid TEXT NOT NULL,"
+    "  path TEXT NOT NULL,"
+    "  sop_class TEXT NOT NULL,"
+    "  sop_uid TEXT NOT NULL,"
+    "  destination TEXT NOT NULL,"
+    "  state INTEGER NOT NULL DEFAULT 0,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  next_try REAL NOT NULL,"
+    "  lease_owner TEXT, lease_expires REAL,"
+    "  last_status INTEGER, last_error TEXT,"
+    "  created REAL NOT NULL, updated REAL NOT NULL, done_at REAL);"
+    "CREATE INDEX IF NOT EXISTS exports_due ON exports(destination, state, next_try);"
+    "CREATE INDEX IF NOT EXISTS exports_path ON exports(path);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -304,6 +325,14 @@ int st_counts_get(st_store *st, st_counts *c)
         while (sqlite3_step(s) == SQLITE_ROW) {
             int state = sqlite3_column_int(s, 0);
             if (state >= 0 && state < 5) c->jobs[state] = sqlite3_column_int(s, 1);
+        }
+        sqlite3_finalize(s);
+    }
+    if (r == 0 &&
+        st__prepare(st, "SELECT state, count(*) FROM exports GROUP BY state", &s) == 0) {
+        while (sqlite3_step(s) == SQLITE_ROW) {
+            int state = sqlite3_column_int(s, 0);
+            if (state >= 0 && state < EXP_NSTATES) c->exports[state] = sqlite3_column_int(s, 1);
         }
         sqlite3_finalize(s);
     }

@@ -277,7 +277,7 @@ int st_job_done(st_store *st, int64_t id, const char *owner, double now)
     return r;
 }
 
-static double backoff(const st_retry_policy *pol, int attempts)
+double st_backoff(const st_retry_policy *pol, int attempts)
 {
     double d = pol->base_seconds * pow(2.0, attempts > 0 ? attempts - 1 : 0);
     return d > pol->max_seconds ? pol->max_seconds : d;
@@ -312,7 +312,7 @@ int st_job_fail(st_store *st, int64_t id, const char *owner, const char *reason,
                            : "UPDATE jobs SET state=0, attempts=attempts+1,"
                              " lease_owner=NULL, lease_expires=NULL, updated=?3,"
                              " not_before=?4, reason=?5 WHERE id=?1 AND lease_owner=?2",
-                    id, owner, now, now + backoff(pol, attempts), reason);
+                    id, owner, now, now + st_backoff(pol, attempts), reason);
     if (r < 0 || (r = st__exec(st, "COMMIT")) < 0) goto rollback;
     goto out;
 rollback:
@@ -353,7 +353,7 @@ int st_jobs_recover(st_store *st, double now, const st_retry_policy *pol)
         sqlite3_bind_int64(u, 1, id);
         sqlite3_bind_int(u, 2, final ? JOB_FAILED : JOB_QUEUED);
         sqlite3_bind_int(u, 3, attempts);
-        sqlite3_bind_double(u, 4, now + (final ? 0 : backoff(pol, attempts)));
+        sqlite3_bind_double(u, 4, now + (final ? 0 : st_backoff(pol, attempts)));
         sqlite3_bind_double(u, 5, now);
         sqlite3_bind_text(u, 6, reason, -1, SQLITE_TRANSIENT);
         int rc = sqlite3_step(u);

@@ -1,7 +1,7 @@
 /*
  * store.h - the durable part of ctglip: the spool of received DICOM files,
- * the SQLite index of patients/studies/series/instances, study completion
- * and the job queue.
+ * the SQLite index of patients/studies/series/instances, study completion,
+ * the job queue and the export outbox.
  *
  * Threading: an st_store handle may be shared by any number of threads; every
  * call takes the handle's lock for its whole transaction.  A read-only handle
@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define ST_SCHEMA_VERSION 1
+#define ST_SCHEMA_VERSION 2
 
 typedef struct st_store st_store;
 
@@ -144,6 +144,7 @@ typedef struct st_counts {
     int patients, studies, series, instances;
     int studies_pending; /* received instances not yet covered by a job */
     int jobs[5];         /* by state */
+    int exports[4];      /* export rows by state (EXP_*) */
     uint64_t bytes;      /* sum of instance file sizes */
 } st_counts;
 int st_counts_get(st_store *st, st_counts *c);
@@ -157,6 +158,120 @@ int st_query(st_store *st, const char *sql, st_row_fn row, void *ud);
 /* Calls row() for each current instance of a study with the columns
  * path (relative to the spool), size, sop_uid, series_uid, sop_class. */
 int st_study_files(st_store *st, const char *study_uid, st_row_fn row, void *ud);
+
+/* ---- the export outbox (export.c) ---------------------------------------- */
+
+/* One row per (file, destination).  States: queued -> sending (claimed by an
+ * exporter thread with a lease) -> done, or back to queued with back-off
+ * after a failed attempt, or dead once the attempts are used up.  An admin
+ * requeues dead rows.  A file in the outbox is removed only when every row
+ * that names it is done (st_export_release_file). */
+enum { EXP_QUEUED = 0, EXP_SENDING, EXP_DONE, EXP_DEAD };
+#define EXP_NSTATES 4
+const char *st_export_state_name(int state);
+/* The state for a name ("queued", "sending", "done", "dead"), or -1. */
+int st_export_state_parse(const char *name);
+
+/* A file to export.  The caller reads its SOP class and instance UID (the
+ * store does not parse DICOM); path is where the file lies in the outbox
+ * and is stored as given, so give it in the form the exporter will open. */
+typedef struct st_export_file {
+    const char *path;
+    const char *sop_class;
+    const char *sop_uid;
+} st_export_file;
+
+/* Queues every file for every destination (nfiles * ndests rows) in one
+ * transaction, all due at `now`.  A (path, destination) pair that already
+ * has a row that is not done is not added twice, so a repeated call is
+ * harmless.  job_id may be 0 (no job).  Returns the number of rows added,
+ * or an error (then none is).  Nothing is copied or taken over: the files
+ * stay the caller's until the exporter releases them. */
+int st_export_add(st_store *st, int64_t job_id, const char *study_uid,
+                  const st_export_file *files, int nfiles,
+                  const char *const *dests, int ndests, double now);
+
+/* One export row, as claimed or listed. */
+typedef struct st_export {
+    int64_t id, job_id;
+    char study_uid[65];
+    char path[PATH_MAX];
+    char sop_class[65], sop_uid[65];
+    char destination[64];
+    int state;
+    int attempts;     /* failed attempts so far */
+    double next_try;  /* when a queued row is due */
+    int last_status;  /* DIMSE status of the last attempt, -1 none */
+    char last_error[256];
+    double created, done_at; /* done_at 0 until done */
+} st_export;
+
+/* Claims up to max due rows (queued, next_try <= now) of one destination,
+ * oldest due first: they become sending, held by owner until now + lease.
+ * Returns the number claimed (0: none due) and fills rows[0..n). */
+int st_export_claim(st_store *st, const char *dest, const char *owner,
+                    double now, double lease, st_export *rows, int max);
+
+/* The result of one attempt at one claimed row. */
+typedef struct st_export_outcome {
+    int64_t id;
+    int ok;            /* 1: the destination confirmed it */
+    int status;        /* DIMSE status; -1 when there was none */
+    const char *error; /* why it failed (ignored when ok) */
+    /* Set by st_export_record: */
+    int final;         /* 1: the row is now dead */
+    int attempts;      /* failed attempts after this one */
+    double next_try;   /* when a failed, not dead row is due again */
+    int recorded;      /* 0: the row was not ours any more (lease lost) */
+} st_export_outcome;
+
+/* Records the outcomes of one attempt in one transaction: a success makes
+ * the row done; a failure counts an attempt and requeues the row at
+ * now + min(base * 2^(attempts-1), max), or, when attempts reach
+ * pol->max_attempts, makes it dead with the reason.  Rows that owner no
+ * longer holds are left alone (recorded = 0).  Returns how many rows were
+ * recorded. */
+int st_export_record(st_store *st, const char *owner, st_export_outcome *o, int n,
+                     double now, const st_retry_policy *pol);
+
+/* The back-off after the given number of failed attempts (>= 1):
+ * min(base * 2^(attempts-1), max).  Shared with the job queue. */
+double st_backoff(const st_retry_policy *pol, int attempts);
+
+/* Returns sending rows to queued, due now, without counting an attempt (the
+ * destination may or may not have received them; sending again is safe,
+ * a C-STORE of the same SOP instance replaces it).  all = 1: every sending
+ * row (start-up: no exporter of this store runs yet); all = 0: only rows
+ * whose lease has expired.  Returns how many rows went back. */
+int st_exports_recover(st_store *st, double now, int all);
+
+/* Earliest next_try of a queued row of dest (NULL: of any destination);
+ * 1 and *when when there is one, 0 when none. */
+int st_export_next_try(st_store *st, const char *dest, double *when);
+
+/* Removes an outbox file once no row names it in a state other than done,
+ * i.e. once every destination confirmed it; the directory is fsynced.
+ * Returns 1 when the file was removed (or was gone already), 0 when some
+ * destination still needs it, or an error.  Holds the store lock across
+ * the check and the unlink, so a concurrent st_export_add cannot slip in. */
+int st_export_release_file(st_store *st, const char *path);
+
+/* Admin: one dead (or queued) row back to queued, attempts 0, due now.
+ * CTG_ENOTFOUND when there is no such row, CTG_ESTATE when it is done or
+ * being sent. */
+int st_export_requeue(st_store *st, int64_t id, double now);
+/* Admin: every dead row (of dest; NULL: of every destination) back to
+ * queued, attempts 0, due now.  Returns how many. */
+int st_export_requeue_dead(st_store *st, const char *dest, double now);
+
+/* Rows by state for one destination (NULL: all); counts[EXP_NSTATES]. */
+int st_export_counts(st_store *st, const char *dest, int *counts);
+
+/* Calls row() for each export row, newest last, with the columns id,
+ * destination, state (name), attempts, next_try, last_status, last_error,
+ * path, study_uid, job_id, sop_class, sop_uid, created, done_at.  state < 0
+ * and dest NULL list everything. */
+int st_export_list(st_store *st, int state, const char *dest, st_row_fn row, void *ud);
 
 /* The spool root this store was opened with. */
 const char *st_spool_dir(st_store *st);

@@ -235,7 +235,7 @@ static int export_row(void *ud, int ncol, const char **names, const char **v)
     (void)names;
     if (ncol < 8) return 0;
     if (t->rows++ == 0)
-        printf("%6s  %-16s  %-7s  %8s  %-19s  %-40s  %s\n", "EXPORT", "DESTINATION", "STATE",
+        printf("%6s  %-16s  %-7s  %8s  %-19s  %-48s  %s\n", "EXPORT", "DESTINATION", "STATE",
                "ATTEMPTS", "NEXT TRY", "LAST ERROR", "FILE");
     /* The next try means something only for a queued row. */
     char next[32];
@@ -243,7 +243,7 @@ static int export_row(void *ud, int ncol, const char **names, const char **v)
         fmt_time(v[4], next, sizeof next);
     else
         snprintf(next, sizeof next, "-");
-    printf("%6s  %-16s  %-7s  %8s  %-19s  %-40.40s  %s\n", v[0], v[1], v[2], v[3], next,
+    printf("%6s  %-16s  %-7s  %8s  %-19s  %-48.48s  %s\n", v[0], v[1], v[2], v[3], next,
            v[6] ? v[6] : "", v[7]);
     return 0;
 }
