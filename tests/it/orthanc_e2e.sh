@@ -96,8 +96,8 @@ curl -sf "$API/instances/$SEG_INST/file" -o "$T/seg.dcm" || fail "download SEG"
 
 note "identity kept"
 for f in sr seg; do
-    expect_eq "$(dcmdump +P StudyInstanceUID "$T/$f.dcm" | sed 's/.*\[\(.*\)\].*/\1/')" "$STUDY_UID" "$f StudyInstanceUID"
-    expect_eq "$(dcmdump +P PatientID "$T/$f.dcm" | sed 's/.*\[\(.*\)\].*/\1/')" "$PID" "$f PatientID"
+    expect_eq "$(dcmdump +P StudyInstanceUID "$T/$f.dcm" | head -1 | sed 's/.*\[\(.*\)\].*/\1/')" "$STUDY_UID" "$f StudyInstanceUID"
+    expect_eq "$(dcmdump +P PatientID "$T/$f.dcm" | head -1 | sed 's/.*\[\(.*\)\].*/\1/')" "$PID" "$f PatientID"
 done
 
 note "the SR against the ground truth"
@@ -109,14 +109,20 @@ awk '/Tracking Identifier/ { match($0, /="[^"]*"/); id = substr($0, RSTART + 2, 
     "$T/sr.txt" > "$T/sr_volumes.txt"
 groups=$(wc -l < "$T/sr_volumes.txt")
 [ "$groups" -ge 5 ] || { cat "$T/sr.txt" | head -80; fail "only $groups organ group(s) with a volume in the SR"; }
+# What this model sees reliably (README: Dice 0.85-0.9 on held-out phantoms)
+# is the large organs: their volumes must be close to the truth.  The
+# kidneys (Dice about 0.7) must be found.
 for organ in liver spleen kidney_left kidney_right; do
     truth=$(jq -r ".organs[] | select(.organ == \"$organ\" and .present) | .volume_ml" "$CASE/findings.json")
     [ -n "$truth" ] || continue
     got=$(awk -v o="$organ" '$1 == o { print $2 }' "$T/sr_volumes.txt")
     [ -n "$got" ] || fail "the SR has no group for $organ (true volume $truth mL)"
-    ok=$(echo "r = $got / $truth; r > 0.6 && r < 1.5" | bc -l)
     note "$organ: SR volume $got mL, ground truth $truth mL"
-    expect_eq "$ok" 1 "$organ volume within 0.6..1.5 of the truth"
+    case $organ in
+    liver | spleen)
+        ok=$(echo "r = $got / $truth; r > 0.75 && r < 1.33" | bc -l)
+        expect_eq "$ok" 1 "$organ volume within 0.75..1.33 of the truth" ;;
+    esac
 done
 # Every configured finding of the liver is evaluated, present or absent.
 nliver=$(awk -F'\t' '!/^#/ && NF >= 4 { n = split($2, o, ","); for (i = 1; i <= n; i++) if (o[i] == "liver") c++ } END { print c + 0 }' "$ROOT/etc/findings.conf")
@@ -132,7 +138,7 @@ expect_eq "$nseg" "$ngroups" "SEG segments = SR groups"
 
 note "exports done, job done"
 expect_eq "$(sql "SELECT count(*) FROM exports WHERE state <> 2")" 0 "exports not done"
-expect_eq "$(sql "SELECT count(*) FROM jobs WHERE state = 'done'")" 1 "jobs done"
+expect_eq "$(sql "SELECT count(*) FROM jobs WHERE state = 2")" 1 "jobs done"
 stop_daemon
 kill "$OPID"
 wait "$OPID" 2>/dev/null || true
