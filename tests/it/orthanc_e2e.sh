@@ -38,7 +38,7 @@ cat > "$T/orthanc.json" <<JSON
 JSON
 Orthanc "$T/orthanc.json" > "$T/orthanc.log" 2>&1 &
 OPID=$!
-trap 'kill $OPID 2>/dev/null; cleanup_lib' EXIT
+trap 'kill $OPID 2>/dev/null || true; cleanup_lib' EXIT
 API="http://127.0.0.1:$HPORT"
 wait_for 30 'curl -sf "$API/system"' || { tail -20 "$T/orthanc.log"; fail "Orthanc did not start"; }
 
