@@ -88,7 +88,7 @@ for r in $(seq 0 $((runs - 1))); do
     send=$(grep "export pacs: .* delivered" "$W/daemon.log" | tail -1 | sed 's/.* in \([0-9.]*\) s.*/\1/')
     # The peer: storescu sends the same SEG and SR to the same storescp.
     t0=$(date +%s.%N)
-    storescu -aec PACS 127.0.0.1 "$SPORT" "$W"/reports/"$study"/"$job"/seg.dcm \
+    storescu -R -aec PACS 127.0.0.1 "$SPORT" "$W"/reports/"$study"/"$job"/seg.dcm \
         "$W"/reports/"$study"/"$job"/sr.dcm > /dev/null 2>&1
     peer=$(echo "$(date +%s.%N) - $t0" | bc -l)
     LAT+=("$lat"); SEND+=("$send"); PEER+=("$peer")
