@@ -162,11 +162,12 @@ void ctg_workers_set_export_hook(ctg_workers *w, void (*fn)(void *), void *ud);
 void ctg_workers_wake(ctg_workers *w);
 /* Lets running jobs finish, then joins and frees. */
 void ctg_workers_stop(ctg_workers *w);
-/* Processes one claimed job (the pipeline entry point) with the calling
- * worker's model context c (NULL when no model is configured: the job then
- * only builds the volume).  Returns 0, or a negative error with a reason
+/* Processes one claimed job (the pipeline entry point) with the model eng
+ * and the calling worker's context c for it (both NULL when no model is
+ * configured: the job then only builds the volume).  Returns 0, or a negative error with a reason
  * in why. */
-int ctg_job_process(ctg_workers *w, an_ctx *c, const st_job *job, char *why, size_t n);
+int ctg_job_process(ctg_workers *w, an_engine *eng, an_ctx *c, const st_job *job, char *why,
+                    size_t n);
 
 /* ---- the export outbox (exporter.c) -------------------------------------- */
 

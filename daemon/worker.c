@@ -54,11 +54,19 @@ struct ctg_workers {
     char (*owners)[128];
     pthread_t heartbeat;
     int have_heartbeat;
-    /* The model (NULL: none configured) and where reports go. */
-    an_engine *eng;
+    /* The model (NULL: none configured), shared by reference: a new model
+     * file (published by ctglip-retrain or rolled back) is loaded beside
+     * the old one and each worker moves to it before its next job; the old
+     * one is closed when its last job ends.  Under mu. */
+    struct eng_ref *cur;
+    char model_path[PATH_MAX];   /* as resolved at start */
+    struct stat model_st;        /* the file cur was loaded from */
+    an_opts eopts;               /* how to open it again (strings below) */
+    char findings_path[PATH_MAX], vocab_path[PATH_MAX];
     char model_name[256];
     char reports[PATH_MAX];
     int ops_threads;        /* ops threads per worker */
+    int switching;          /* a worker is loading a new model file (under mu) */
     /* Where finished reports go (reloadable, under mu) and whom to tell. */
     char outbox[PATH_MAX];
     char dests[CTG_MAX_DEST][64];
@@ -66,6 +74,11 @@ struct ctg_workers {
     void (*on_export)(void *);
     void *on_export_ud;
 };
+
+typedef struct eng_ref {
+    an_engine *e;
+    int refs;                    /* under the pool's mu */
+} eng_ref;
 
 typedef struct worker_arg {
     ctg_workers *pool;
@@ -238,7 +251,8 @@ static void find_predecessor(const char *study_dir, int64_t job_id, char *out, s
     closedir(d);
 }
 
-int ctg_job_process(ctg_workers *w, an_ctx *ctx, const st_job *job, char *why, size_t n)
+int ctg_job_process(ctg_workers *w, an_engine *eng, an_ctx *ctx, const st_job *job, char *why,
+                    size_t n)
 {
     st_store *st = w->st;
     check_ctx c;
@@ -269,7 +283,7 @@ int ctg_job_process(ctg_workers *w, an_ctx *ctx, const st_job *job, char *why, s
         goto done;
     }
     double t0 = ctg_mono();
-    if (!w->eng || !ctx) {
+    if (!eng || !ctx) {
         /* No model configured: the volume is as far as a job goes. */
         dcm_vol_opts opts = {0};
         if ((r = dcm_series_volume((const char *const *)c.paths, (size_t)c.npaths, &opts, &vol,
@@ -297,7 +311,7 @@ int ctg_job_process(ctg_workers *w, an_ctx *ctx, const st_job *job, char *why, s
     ctg_analyze_opts ao = {.model_name = w->model_name, .dir = dir,
                            .predecessor_sr = pred[0] ? pred : NULL};
     ctg_analysis an;
-    if ((r = ctg_analyze_study(w->eng, ctx, (const char *const *)c.paths, c.npaths, &ao, &an, why,
+    if ((r = ctg_analyze_study(eng, ctx, (const char *const *)c.paths, c.npaths, &ao, &an, why,
                                n)) < 0)
         goto done;
     double sp[3];
@@ -325,6 +339,9 @@ done:
 
 /* ---- the threads ------------------------------------------------------------- */
 
+static void check_model(ctg_workers *w);
+static void eng_release(ctg_workers *w, eng_ref *r);
+
 static void *worker_main(void *arg)
 {
     worker_arg *wa = arg;
@@ -332,18 +349,13 @@ static void *worker_main(void *arg)
     char owner[128];
     int me = wa->index;
     an_ctx *ctx = NULL;
+    eng_ref *mine = NULL;
     snprintf(owner, sizeof owner, "%s/%d/w%d", w->host, (int)getpid(), me);
     free(wa);
     pthread_mutex_lock(&w->mu);
     snprintf(w->owners[me], sizeof w->owners[me], "%s", owner);
     pthread_mutex_unlock(&w->mu);
-    if (w->eng) {
-        op_set_threads(w->ops_threads);
-        int cr = an_ctx_new(w->eng, &ctx);
-        if (cr < 0)
-            log_error("worker %s: no model context (%s): its jobs will fail and be retried",
-                      owner, ctg_strerror(cr));
-    }
+    op_set_threads(w->ops_threads);
 
     pthread_mutex_lock(&w->mu);
     while (!w->stop) {
@@ -358,7 +370,29 @@ static void *worker_main(void *arg)
             double t0 = ctg_mono();
             log_info("worker %s: job %lld (study %s, generation %d) started", owner,
                      (long long)job.id, job.study_uid, job.generation);
-            int r = w->eng && !ctx ? CTG_ENOMEM : ctg_job_process(w, ctx, &job, why, sizeof why);
+            /* Between jobs: move to the current model if it changed. */
+            if (w->cur) check_model(w);
+            pthread_mutex_lock(&w->mu);
+            if (mine != w->cur) {
+                eng_ref *old = mine;
+                mine = w->cur;
+                if (mine) mine->refs++;
+                pthread_mutex_unlock(&w->mu);
+                an_ctx_free(ctx);
+                ctx = NULL;
+                eng_release(w, old);
+                if (mine) {
+                    int cr = an_ctx_new(mine->e, &ctx);
+                    if (cr < 0)
+                        log_error("worker %s: no model context (%s): the job fails and is retried",
+                                  owner, ctg_strerror(cr));
+                }
+            } else {
+                pthread_mutex_unlock(&w->mu);
+            }
+            int r = mine && !ctx ? CTG_ENOMEM
+                                 : ctg_job_process(w, mine ? mine->e : NULL, ctx, &job, why,
+                                                   sizeof why);
             if (r == CTG_ENOMEM && !why[0]) snprintf(why, sizeof why, "out of memory");
             pthread_mutex_lock(&w->mu);
             w->running[me] = 0;
@@ -403,6 +437,7 @@ static void *worker_main(void *arg)
     }
     pthread_mutex_unlock(&w->mu);
     an_ctx_free(ctx);
+    eng_release(w, mine);
     return NULL;
 }
 
@@ -448,17 +483,105 @@ static int text_of(const ctg_config *cfg)
     return cfg->model_text[0] ? zs_text_parse(cfg->model_text) : -1;
 }
 
+/* Opens the model file at w->eopts into a new reference (refs 0). */
+static eng_ref *eng_open(ctg_workers *w, struct stat *st)
+{
+    char why[1024] = "";
+    eng_ref *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    double t0 = ctg_mono();
+    /* The file's identity before reading: a file replaced during the read
+     * is then seen as changed again at the next check. */
+    if (stat(w->eopts.model, st) != 0) memset(st, 0, sizeof *st);
+    if (an_engine_open(&w->eopts, &r->e, why, sizeof why) < 0) {
+        log_error("workers: cannot open the model: %s", why);
+        free(r);
+        return NULL;
+    }
+    const mdl_model *m = an_model(r->e);
+    log_info("workers: model %s (%s), %d organ classes, run at %.3g mm, %d thread(s) per worker; "
+             "findings %s; loaded in %.2f s",
+             w->eopts.model, an_model_identity(r->e), m->cfg.n_classes,
+             m->spacing[0] > 0 ? m->spacing[0] : 3.0, w->ops_threads, w->eopts.findings,
+             ctg_mono() - t0);
+    return r;
+}
+
+/* Drops one reference; the last one closes the engine. */
+static void eng_release(ctg_workers *w, eng_ref *r)
+{
+    if (!r) return;
+    pthread_mutex_lock(&w->mu);
+    int last = --r->refs == 0 && r != w->cur;
+    pthread_mutex_unlock(&w->mu);
+    if (last) {
+        log_info("workers: model %.16s closed (no job uses it any more)", an_model_identity(r->e));
+        an_engine_close(r->e);
+        free(r);
+    }
+}
+
+static int same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* A model file replaced on disk (publish, rollback) is loaded and becomes
+ * current for the next jobs; a file that cannot be loaded leaves the
+ * running model in place (logged once per change). */
+static void check_model(ctg_workers *w)
+{
+    struct stat now;
+    pthread_mutex_lock(&w->mu);
+    if (w->switching || stat(w->eopts.model, &now) != 0 || same_file(&now, &w->model_st)) {
+        pthread_mutex_unlock(&w->mu);
+        return;
+    }
+    w->switching = 1;
+    pthread_mutex_unlock(&w->mu);
+    struct stat st;
+    eng_ref *r = eng_open(w, &st);
+    pthread_mutex_lock(&w->mu);
+    w->switching = 0;
+    w->model_st = st;
+    eng_ref *old = NULL;
+    if (r && strcmp(an_model_identity(r->e), an_model_identity(w->cur->e)) != 0) {
+        old = w->cur;
+        w->cur = r;
+        r = NULL;
+        log_info("workers: switched to model %.16s (was %.16s); running jobs finish on the old one",
+                 an_model_identity(w->cur->e), an_model_identity(old->e));
+        if (old->refs == 0) {
+            an_engine_close(old->e);
+            free(old);
+        }
+    } else if (!r) {
+        log_error("workers: the new model file %s cannot be used; keeping %.16s",
+                  w->eopts.model, an_model_identity(w->cur->e));
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (r) { /* the same model written again */
+        an_engine_close(r->e);
+        free(r);
+    }
+}
+
 static int open_model(ctg_workers *w, const ctg_config *cfg)
 {
     if (!cfg->model_path[0] || cfg->workers == 0) {
         log_info("workers: no model configured; jobs build the CT volume only");
         return 0;
     }
-    char mb[PATH_MAX], fb[PATH_MAX], vb[PATH_MAX], why[1024] = "";
-    an_opts o = {
-        .model = resolve(cfg->model_path, mb, sizeof mb),
-        .findings = resolve(cfg->findings_path, fb, sizeof fb),
-        .vocab = resolve(cfg->vocab_path, vb, sizeof vb),
+    char fb[PATH_MAX], vb[PATH_MAX];
+    snprintf(w->model_path, sizeof w->model_path, "%s", resolve(cfg->model_path, fb, sizeof fb));
+    snprintf(w->findings_path, sizeof w->findings_path, "%s",
+             resolve(cfg->findings_path, fb, sizeof fb));
+    snprintf(w->vocab_path, sizeof w->vocab_path, "%s", resolve(cfg->vocab_path, vb, sizeof vb));
+    w->eopts = (an_opts){
+        .model = w->model_path,
+        .findings = w->findings_path,
+        .vocab = w->vocab_path,
         .text = text_of(cfg),
         .overlap = (float)cfg->model_overlap,
     };
@@ -468,18 +591,8 @@ static int open_model(ctg_workers *w, const ctg_config *cfg)
                                         : (int)(cores / cfg->workers > 0 ? cores / cfg->workers : 1);
     if (!strcmp(cfg->device, "cuda"))
         log_warn("workers: device = cuda, but the model runs on the CPU in this build");
-    double t0 = ctg_mono();
-    int rc = an_engine_open(&o, &w->eng, why, sizeof why);
-    if (rc < 0) {
-        log_error("workers: cannot open the model: %s", why);
-        return rc;
-    }
-    ctg_model_name(o.model, w->model_name, sizeof w->model_name);
-    const mdl_model *m = an_model(w->eng);
-    log_info("workers: model %s (%s), %d organ classes, run at %.3g mm, %d thread(s) per worker; "
-             "findings %s; loaded in %.2f s",
-             o.model, an_model_identity(w->eng), m->cfg.n_classes,
-             m->spacing[0] > 0 ? m->spacing[0] : 3.0, w->ops_threads, o.findings, ctg_mono() - t0);
+    if (!(w->cur = eng_open(w, &w->model_st))) return CTG_EINVAL;
+    ctg_model_name(w->model_path, w->model_name, sizeof w->model_name);
     return 0;
 }
 
@@ -487,14 +600,24 @@ void ctg_workers_reload(ctg_workers *w, const ctg_config *cfg)
 {
     if (!w) return;
     set_destinations(w, cfg);
-    if (!w->eng) return;
+    if (!w->cur) return;
     char fb[PATH_MAX], why[1024] = "";
-    an_set_overlap(w->eng, (float)cfg->model_overlap);
     const char *f = resolve(cfg->findings_path, fb, sizeof fb);
-    if (an_reload_findings(w->eng, f, text_of(cfg), why, sizeof why) < 0)
+    pthread_mutex_lock(&w->mu);
+    snprintf(w->findings_path, sizeof w->findings_path, "%s", f);
+    w->eopts.text = text_of(cfg);
+    w->eopts.overlap = (float)cfg->model_overlap;
+    eng_ref *r = w->cur;
+    r->refs++;
+    pthread_mutex_unlock(&w->mu);
+    an_set_overlap(r->e, (float)cfg->model_overlap);
+    if (an_reload_findings(r->e, f, text_of(cfg), why, sizeof why) < 0)
         log_error("reload: findings list %s: %s; the previous list stays", f, why);
     else
         log_info("reload: findings list %s loaded; later jobs score with it", f);
+    eng_release(w, r);
+    /* SIGHUP also looks for a new model file at once. */
+    check_model(w);
 }
 
 int ctg_workers_start(const ctg_config *cfg, st_store *st, ctg_workers **out)
@@ -527,7 +650,8 @@ int ctg_workers_start(const ctg_config *cfg, st_store *st, ctg_workers **out)
         free(w->threads);
         free(w->running);
         free(w->owners);
-        an_engine_close(w->eng);
+        if (w->cur) an_engine_close(w->cur->e);
+        free(w->cur);
         pthread_mutex_destroy(&w->mu);
         pthread_cond_destroy(&w->cv);
         free(w);
@@ -578,6 +702,7 @@ void ctg_workers_stop(ctg_workers *w)
     free(w->threads);
     free(w->running);
     free(w->owners);
-    an_engine_close(w->eng);
+    if (w->cur) an_engine_close(w->cur->e);
+    free(w->cur);
     free(w);
 }
