@@ -43,7 +43,8 @@ static int usage(void)
             "       ctglip phantom --seed S --count N --out DIR [options]   (--help for options)\n"
             "       ctglip volume [options] --out FILE.nii.gz DICOM-FILE-OR-DIR...\n"
             "       ctglip view [options] --out FILE.png CT [LABELS]\n"
-            "       ctglip infer [options] DICOM-FOLDER|CT.nii.gz   (--help for options)\n");
+            "       ctglip infer [options] DICOM-FOLDER|CT.nii.gz   (--help for options)\n"
+            "       ctglip [-c CONF] model [status|rollback]\n");
     return 2;
 }
 
@@ -402,6 +403,11 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "requeue") && rest >= 1 && rest <= 2 && !strcmp(argv[i], "dead"))
         return cmd_requeue_dead(rest == 2 ? argv[i + 1] : NULL);
     if (!strcmp(cmd, "requeue") && rest == 1) return cmd_requeue(argv[i]);
+    if (!strcmp(cmd, "model")) {
+        ctg_config cfg;
+        if (load_conf(&cfg) < 0) return 1;
+        return ctg_model_cmd(cfg.model_path, rest, argv + i);
+    }
     if (!strcmp(cmd, "echo") && rest == 3) return cmd_echo(argv + i);
     if (!strcmp(cmd, "send") && rest >= 4) return cmd_send(argv + i, rest - 3);
     return usage();

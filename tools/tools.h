@@ -16,6 +16,15 @@ int ctg_volume_main(int argc, char **argv);
 /* ctglip infer [options] PATH  (tools/infer.c) */
 int ctg_infer_main(int argc, char **argv);
 
+/* Model files in service (tools/publish.c).  Publish: src must load; it is
+ * installed at path by an atomic rename, the model it replaces is kept as
+ * path.prev.  Rollback swaps path and path.prev.  id gets the identity of
+ * the model now in service.  0 or CTG_E* with the reason. */
+int ctg_model_publish(const char *src, const char *path, char id[65], char *why, size_t n);
+int ctg_model_rollback(const char *path, char id[65], char *why, size_t n);
+/* ctglip [-c CONF] model [status|rollback]  (tools/model_cmd.c) */
+int ctg_model_cmd(const char *model_path, int argc, char **argv);
+
 /* A list of file paths (tools/files.c). */
 typedef struct ctg_file_list {
     char **v;

@@ -784,6 +784,15 @@ int trn_run(const trn_opts *o)
             if (!o->quiet) fprintf(stderr, "ctglip-train: stopped after step %ld (--stop-at)\n", t);
             goto fail;
         }
+        if (o->deadline > 0 && t < o->steps && ctg_now() >= o->deadline) {
+            snprintf(path, sizeof path, "%s/ckpt.bin", o->out);
+            rc = ck_save(path, m, o, t);
+            if (rc != 0) goto fail;
+            log_info("ctglip-train: deadline reached after step %ld of %ld; resume from %s", t,
+                     o->steps, path);
+            rc = TRN_STOPPED;
+            goto fail;
+        }
     }
     snprintf(path, sizeof path, "%s/ckpt.bin", o->out);
     rc = ck_save(path, m, o, o->steps);

@@ -51,8 +51,14 @@ typedef struct trn_opts {
     int log_every;        /* terminal line every N steps */
     long stop_at;         /* stop after this step with a checkpoint, as if
                            * interrupted (0: run to the end); for tests */
+    double deadline;      /* wall clock (epoch s): past it, checkpoint and stop
+                           * (trn_run then returns TRN_STOPPED); 0: none */
     int quiet;
 } trn_opts;
+
+/* trn_run's answer when it stopped at the deadline with a checkpoint to
+ * resume from (no model file written). */
+#define TRN_STOPPED 1
 
 /* Defaults: 1000 steps (200 of stage 1), batch 2, patch 64, spacing 3 mm,
  * width 16, depth 3, embed 256 with text projection, lr 3e-4 to 3e-6,
@@ -66,7 +72,8 @@ void trn_opts_default(trn_opts *o);
 int trn_default_organs(int *ids, int cap);
 
 /* Runs a training as o says.  Writes DIR/train.csv, DIR/ckpt.bin and
- * DIR/model.ctglip.  Returns 0 or a CTG_E* code (logged). */
+ * DIR/model.ctglip.  Returns 0, TRN_STOPPED (deadline reached; resume
+ * from DIR/ckpt.bin) or a CTG_E* code (logged). */
 int trn_run(const trn_opts *o);
 
 /* `ctglip-train pretrain ...` and `ctglip-train finetune --model M ...`
