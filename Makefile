@@ -163,11 +163,13 @@ install: all
 	    $(DESTDIR)$(PREFIX)/share/doc/ctglip $(DESTDIR)$(PREFIX)/share/ctglip/models \
 	    $(DESTDIR)$(PREFIX)/share/ctglip/etc
 	install -m 0755 $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/ctglip-train $(DESTDIR)$(PREFIX)/bin/
-	install -m 0644 models/glove100.vocab models/GLOVE-LICENSE.md $(DESTDIR)$(PREFIX)/share/ctglip/models/
+	install -m 0644 models/glove100.vocab models/GLOVE-LICENSE.md models/default.ctglip \
+	    models/default.eval.json $(DESTDIR)$(PREFIX)/share/ctglip/models/
 	install -m 0644 etc/findings.conf $(DESTDIR)$(PREFIX)/share/ctglip/etc/
 	test -e $(DESTDIR)/etc/ctglip/ctglipd.conf || \
 	    install -m 0644 etc/ctglipd.conf $(DESTDIR)/etc/ctglip/ctglipd.conf
-	install -m 0644 systemd/ctglipd.service $(DESTDIR)/lib/systemd/system/
+	install -m 0644 systemd/ctglipd.service systemd/ctglip-retrain.service \
+	    systemd/ctglip-retrain.timer $(DESTDIR)/lib/systemd/system/
 	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/ctglip/
 	if [ -z "$(DESTDIR)" ] && ! getent passwd ctglip >/dev/null; then \
 	    useradd --system --home-dir /var/lib/ctglip --shell /usr/sbin/nologin ctglip; fi
