@@ -397,6 +397,44 @@ static int t_skip_bad(void)
     return 0;
 }
 
+/* A deadline (or a stop request) checkpoints and stops without a model
+ * file; resuming finishes the run, and the losses of the stopped-and-resumed
+ * run equal those of an uninterrupted one. */
+static int t_deadline(void)
+{
+    CHECK(make_phantoms("ph", "8", "2") == 0);
+    trn_opts o;
+    tiny_opts(&o, "ph/manifest.jsonl", "straight");
+    o.steps = 6;
+    o.stage1_steps = 2;
+    CHECK(trn_run(&o) == 0);
+    tiny_opts(&o, "ph/manifest.jsonl", "run");
+    o.steps = 6;
+    o.stage1_steps = 2;
+    o.deadline = ctg_now() - 1; /* already past: stop after the first step */
+    CHECK_EQ_INT(trn_run(&o), TRN_STOPPED);
+    FILE *g = fopen("run/model.ctglip", "rb");
+    CHECK(!g);
+    row r[16];
+    CHECK_EQ_INT(read_csv("run/train.csv", r, 16), 1);
+    o.deadline = 0;
+    volatile int stop = 1;
+    o.stop = &stop;
+    o.resume = "run/ckpt.bin";
+    CHECK_EQ_INT(trn_run(&o), TRN_STOPPED); /* stopped again after step 2 */
+    CHECK_EQ_INT(read_csv("run/train.csv", r, 16), 2);
+    stop = 0;
+    CHECK_EQ_INT(trn_run(&o), 0);
+    row a[16];
+    CHECK_EQ_INT(read_csv("run/train.csv", r, 16), 6);
+    CHECK_EQ_INT(read_csv("straight/train.csv", a, 16), 6);
+    for (int i = 0; i < 6; i++) CHECK(strcmp(r[i].text, a[i].text) == 0);
+    g = fopen("run/model.ctglip", "rb");
+    CHECK(g);
+    fclose(g);
+    return 0;
+}
+
 /* A few hundred steps on a handful of tiny phantoms: zero-shot organ top-1
  * on other phantoms must beat chance (1 in 24 classes) by a wide margin:
  * five times it (this run reaches 0.31, 7.4 times). */
@@ -435,6 +473,7 @@ static int t_beats_chance(void)
 
 const test_case train_tests[] = {
     {"train_beats_chance", t_beats_chance},
+    {"train_deadline", t_deadline},
     {"train_pair_hand", t_pair_hand},
     {"train_masks", t_masks},
     {"train_mask_effect", t_mask_effect},

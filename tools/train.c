@@ -784,12 +784,12 @@ int trn_run(const trn_opts *o)
             if (!o->quiet) fprintf(stderr, "ctglip-train: stopped after step %ld (--stop-at)\n", t);
             goto fail;
         }
-        if (o->deadline > 0 && t < o->steps && ctg_now() >= o->deadline) {
+        if (t < o->steps && ((o->deadline > 0 && ctg_now() >= o->deadline) || (o->stop && *o->stop))) {
             snprintf(path, sizeof path, "%s/ckpt.bin", o->out);
             rc = ck_save(path, m, o, t);
             if (rc != 0) goto fail;
-            log_info("ctglip-train: deadline reached after step %ld of %ld; resume from %s", t,
-                     o->steps, path);
+            log_info("ctglip-train: %s after step %ld of %ld; resume from %s",
+                     o->stop && *o->stop ? "asked to stop" : "deadline reached", t, o->steps, path);
             rc = TRN_STOPPED;
             goto fail;
         }

@@ -53,6 +53,8 @@ typedef struct trn_opts {
                            * interrupted (0: run to the end); for tests */
     double deadline;      /* wall clock (epoch s): past it, checkpoint and stop
                            * (trn_run then returns TRN_STOPPED); 0: none */
+    const volatile int *stop; /* non-zero (e.g. set by a SIGTERM handler): the
+                           * same as the deadline passing; NULL: none */
     int quiet;
 } trn_opts;
 
