@@ -109,7 +109,7 @@ static int run_one(const entry *e, const char *root, const char *build, const ch
         setenv("CTG_TMP", dir, 1);
         if (chdir(dir) != 0) _exit(99);
         if (e->unit) {
-            alarm(UNIT_TIMEOUT);
+            alarm(e->unit->timeout > 0 ? (unsigned)e->unit->timeout : UNIT_TIMEOUT);
             int r = e->unit->fn();
             fflush(stdout);
             fflush(stderr);
@@ -119,7 +119,8 @@ static int run_one(const entry *e, const char *root, const char *build, const ch
         _exit(127);
     }
     setpgid(pid, pid);
-    int limit = e->unit ? UNIT_TIMEOUT + 5 : SCRIPT_TIMEOUT;
+    int limit = e->unit ? (e->unit->timeout > 0 ? e->unit->timeout : UNIT_TIMEOUT) + 5
+                        : SCRIPT_TIMEOUT;
     int status = 0, timed_out = 0;
     for (;;) {
         pid_t w = waitpid(pid, &status, WNOHANG);

@@ -472,7 +472,7 @@ static int t_beats_chance(void)
 }
 
 const test_case train_tests[] = {
-    {"train_beats_chance", t_beats_chance},
+    {"train_beats_chance", t_beats_chance, 240},
     {"train_deadline", t_deadline},
     {"train_pair_hand", t_pair_hand},
     {"train_masks", t_masks},

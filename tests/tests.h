@@ -12,6 +12,7 @@
 typedef struct test_case {
     const char *name;
     int (*fn)(void);
+    int timeout; /* seconds; 0 (left out): the runner's default of 60 */
 } test_case;
 
 #define CHECK(cond)                                                            \
