@@ -54,6 +54,9 @@ void ctg_config_defaults(ctg_config *c)
     c->export_max_attempts = 20;
     c->export_retry_base_seconds = 10;
     c->export_retry_max_seconds = 900;
+    snprintf(c->reports_drop, sizeof c->reports_drop, "var/reports-in");
+    c->reports_poll_seconds = 10;
+    c->reports_give_up_days = 30;
     snprintf(c->http_bind, sizeof c->http_bind, "127.0.0.1");
     c->http_port = 0;
     c->log_level = CTG_LOG_INFO;
@@ -166,7 +169,8 @@ int ctg_config_apply_reloadable(ctg_config *dst, const ctg_config *src)
                   strcmp(src->model_path, dst->model_path) ||
                   strcmp(src->vocab_path, dst->vocab_path) ||
                   src->model_threads != dst->model_threads || strcmp(src->device, dst->device) ||
-                  strcmp(src->reports, dst->reports) || strcmp(src->outbox, dst->outbox);
+                  strcmp(src->reports, dst->reports) || strcmp(src->outbox, dst->outbox) ||
+                  strcmp(src->reports_drop, dst->reports_drop);
     /* The findings list, its prompt phrasings and the overlap reload: the
      * workers pick them up before their next job. */
     memcpy(dst->findings_path, src->findings_path, sizeof dst->findings_path);
@@ -194,6 +198,10 @@ int ctg_config_apply_reloadable(ctg_config *dst, const ctg_config *src)
     dst->export_max_attempts = src->export_max_attempts;
     dst->export_retry_base_seconds = src->export_retry_base_seconds;
     dst->export_retry_max_seconds = src->export_retry_max_seconds;
+    /* The drop folder's poll interval and patience reload; the folder
+     * itself needs a restart. */
+    dst->reports_poll_seconds = src->reports_poll_seconds;
+    dst->reports_give_up_days = src->reports_give_up_days;
     return restart;
 }
 
@@ -504,6 +512,10 @@ static int handler(void *user, const char *section, const char *name, const char
         return 1;
     }
 
+    PATH_KEY("reports", "drop_folder", reports_drop)
+    INT_KEY("reports", "poll_seconds", reports_poll_seconds, 1, 3600)
+    INT_KEY("reports", "give_up_days", reports_give_up_days, 1, 3650)
+
     INT_KEY("http", "port", http_port, 0, 65535)
     if (!strcmp(section, "http") && !strcmp(name, "bind")) {
         ctg_cidr tmp;
@@ -522,7 +534,8 @@ static int handler(void *user, const char *section, const char *name, const char
 
     if (strcmp(section, "dicom") && strcmp(section, "tls") && strcmp(section, "access") &&
         strcmp(section, "store") && strcmp(section, "queue") && strcmp(section, "daemon") &&
-        strcmp(section, "http") && strcmp(section, "model") && strcmp(section, "export"))
+        strcmp(section, "http") && strcmp(section, "model") && strcmp(section, "export") &&
+        strcmp(section, "reports"))
         return fail(p, "unknown section [%s]%s", section, "");
     return fail(p, "unknown key '%s' in [%s]", name, section);
 }
@@ -562,6 +575,15 @@ static int check(ctg_config *c, char *err, size_t n)
     }
     if (!c->outbox[0]) {
         snprintf(err, n, "%s: [export] outbox is empty", c->path);
+        return CTG_ECONFIG;
+    }
+    /* The drop folder's files are moved away once read: it must not be a
+     * folder the daemon writes into itself. */
+    if (c->reports_drop[0] &&
+        (!strcmp(c->reports_drop, c->spool) || !strcmp(c->reports_drop, c->outbox) ||
+         !strcmp(c->reports_drop, c->reports))) {
+        snprintf(err, n, "%s: [reports] drop_folder must not be the spool, the outbox or "
+                 "[model] reports", c->path);
         return CTG_ECONFIG;
     }
     for (int i = 0; i < c->n_destinations; i++) {

@@ -97,6 +97,10 @@ typedef struct ctg_config {
     /* [destination NAME] */
     ctg_destination destinations[CTG_MAX_DEST];
     int n_destinations;
+    /* [reports] incoming radiology reports (reports_in.c) */
+    char reports_drop[PATH_MAX];  /* drop folder of text reports; "" = off */
+    int reports_poll_seconds;     /* how often the drop folder is read */
+    int reports_give_up_days;     /* a file whose study never came goes to failed/ after this */
     /* [http] */
     char http_bind[64];
     int http_port;
@@ -187,6 +191,81 @@ void ctg_exporter_wake(ctg_exporter *ex);
 /* Lets each destination finish its current association, then joins and
  * frees.  NULL is a no-op. */
 void ctg_exporter_stop(ctg_exporter *ex);
+
+/* ---- radiology reports coming in (reports_in.c) ----------------------------- */
+
+/* From a report SR that st_ingest just stored (or found to be a duplicate):
+ * extracts its text (dcm_sr_text) and stores it with st_report_add, keyed
+ * by the indexed instance, so a re-sent SR adds nothing.  SRs that are not
+ * a radiologist's report are left as instances only: SOP classes other than
+ * the five report classes, our own output (Manufacturer "ctglip") that a
+ * PACS forwarded back, and SRs without text.  Returns 0 (stored, known, or
+ * skipped: *outcome is ST_NEW, ST_DUPLICATE or -1 for skipped, and why
+ * says why it was skipped) or a store error (the caller then fails the
+ * C-STORE so that the sender retries).  Any thread. */
+int ctg_sr_report_ingest(st_store *st, const ctg_instance *inst, const char *path,
+                         int64_t instance_id, double now, int *outcome, char *why, size_t n);
+
+/* A report read from a drop-folder file. */
+typedef struct ctg_drop_report {
+    char study_uid[65];   /* "" unless named */
+    char accession[17];   /* "" unless named */
+    char *text;           /* UTF-8, LF line ends, trimmed; owned: free() */
+    int latin1;           /* the file was not UTF-8 and was read as Latin-1 */
+} ctg_drop_report;
+
+/* Parses one drop-folder file: name is the file's name (no folder), buf
+ * its len bytes.  The format (also in etc/ctglipd.conf):
+ *   - optional header lines at the very top, "StudyInstanceUID: UID" and
+ *     "Accession: NUMBER" ("AccessionNumber:" also; names case-insensitive),
+ *     followed by a blank line or the text itself;
+ *   - without a header the name says: "<UID>.txt" for a Study Instance UID
+ *     (digits and dots, at least one dot), else "<ACCESSION>.txt" (1..16
+ *     characters);
+ *   - the rest is the report text, UTF-8 (a byte order mark is skipped;
+ *     text that is not valid UTF-8 is read as Latin-1), any line ends.
+ * Returns 0 with *out filled (free out->text), or CTG_EFORMAT with the
+ * reason in why. */
+int ctg_drop_parse(const char *name, const char *buf, size_t len, ctg_drop_report *out,
+                   char *why, size_t n);
+
+/* What one pass over the drop folder did. */
+typedef struct ctg_drop_stats {
+    int stored;     /* new report rows */
+    int done;       /* files moved to done/ (their study is in the index) */
+    int waiting;    /* files left for a study that has not arrived yet */
+    int failed;     /* files moved to failed/ with a .why */
+    int linked;     /* reports (of any source) newly linked to their study */
+} ctg_drop_stats;
+
+/* One pass over the drop folder (the daemon runs it every poll_seconds on
+ * libuv's thread pool; tests call it directly): links waiting reports
+ * (st_reports_link), then handles each "*.txt" file that has not changed
+ * for a second: unreadable or malformed files go to failed/ with a
+ * "<name>.why"; the others are stored (st_report_add, keyed by a SHA-256 of
+ * name and content, before the file is touched) and moved to done/ once
+ * their study is in the index; a file whose study has not arrived stays
+ * where it is, and after give_up_days it goes to failed/ and its report row
+ * is removed.  Moves are renames followed by an fsync of both folders, so a
+ * crash at any point leaves either the file where it was (the next pass
+ * finds its row by the key and finishes the move) or the move done.
+ * stats may be NULL.  Returns 0 or an error of the folder or the store. */
+int ctg_drop_scan(st_store *st, const char *folder, int give_up_days, double now,
+                  ctg_drop_stats *stats);
+
+typedef struct ctg_reports_in ctg_reports_in;
+struct uv_loop_s;
+/* Starts polling [reports] drop_folder on loop (a timer; each pass runs on
+ * the libuv thread pool, one at a time).  Creates the folder and its done/
+ * and failed/.  With no drop folder configured *out is NULL and nothing
+ * runs.  Loop thread. */
+int ctg_reports_in_start(struct uv_loop_s *loop, const ctg_config *cfg, st_store *st,
+                         ctg_reports_in **out);
+/* SIGHUP: the new poll interval and give-up time.  Loop thread; NULL: no-op. */
+void ctg_reports_in_reload(ctg_reports_in *r, const ctg_config *cfg);
+/* Stops polling; a pass in progress finishes first (the loop runs until
+ * it has), then everything is freed.  Loop thread; NULL: no-op. */
+void ctg_reports_in_stop(ctg_reports_in *r);
 
 /* ---- HTTP status (http.c) ------------------------------------------------ */
 

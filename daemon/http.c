@@ -3,7 +3,8 @@
  *
  *   GET /status   JSON: version, uptime, associations in progress, index
  *                 counts, jobs by state, exports by state (in all and per
- *                 destination), spool bytes and free space
+ *                 destination), radiology reports received (total, final,
+ *                 not yet linked to a study), spool bytes and free space
  *   GET /health   "ok" while the store answers, 503 otherwise
  *
  * It serves one short request per connection on the loop thread (libuv),
@@ -154,6 +155,11 @@ static char *status_json(ctg_http *h, int *ok)
                  "SELECT destination, state, count(*) FROM exports GROUP BY destination, state"
                  " ORDER BY destination",
                  dest_count_row, dests);
+    /* Radiology reports received for the retrain (SR and drop folder). */
+    cJSON *reps = cJSON_AddObjectToObject(o, "reports");
+    cJSON_AddNumberToObject(reps, "total", cnt.reports);
+    cJSON_AddNumberToObject(reps, "final", cnt.reports_final);
+    cJSON_AddNumberToObject(reps, "unlinked", cnt.reports_unlinked);
     cJSON *sp = cJSON_AddObjectToObject(o, "spool");
     cJSON_AddNumberToObject(sp, "bytes_stored", (double)cnt.bytes);
     cJSON_AddNumberToObject(sp, "bytes_free", (double)avail);

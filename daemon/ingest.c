@@ -223,6 +223,27 @@ static unsigned store_end(void *ud, const dcm_assoc_info *a, const ctg_instance 
         if (r == CTG_ENOSPC) return DCM_STATUS_OUT_OF_RESOURCES;
         return DCM_STATUS_PROCESSING_FAILURE;
     }
+    /* A report SR: its text goes to the reports table (also for a
+     * duplicate, since a crash may have come between the instance's commit
+     * and the report's; the report's key makes that harmless).  The store
+     * already kept it from re-queueing the study. */
+    int sr = st_sop_class_is_sr(inst->sop_class);
+    if (sr) {
+        char rwhy[320];
+        int outcome;
+        r = ctg_sr_report_ingest(ing->st, inst, res.path, res.instance_id, q.now, &outcome,
+                                 rwhy, sizeof rwhy);
+        if (r < 0) {
+            snprintf(why, n, "report not stored: %s", ctg_strerror(r));
+            log_error("ingest: SR %s from %s stored, but its report was not: %s; "
+                      "answered with failure so that it is sent again",
+                      inst->sop_uid, a->calling_ae, rwhy);
+            return DCM_STATUS_PROCESSING_FAILURE;
+        }
+        if (outcome < 0)
+            log_info("ingest: SR %s from %s kept as an instance, not as a report: %s",
+                     inst->sop_uid, a->calling_ae, rwhy);
+    }
     switch (res.outcome) {
     case ST_DUPLICATE:
         log_info("ingest: %s from %s is an identical duplicate; kept the first copy",
@@ -233,12 +254,13 @@ static unsigned store_end(void *ud, const dcm_assoc_info *a, const ctg_instance 
                  res.version);
         log_warn("ingest: %s from %s differs from the copy already held; stored as version %d",
                  inst->sop_uid, a->calling_ae, res.version);
-        if (ing->on_arrival) ing->on_arrival(ing->ud);
+        if (ing->on_arrival && !sr) ing->on_arrival(ing->ud);
         return DCM_STATUS_WARN_COERCION;
     default:
         log_debug("ingest: stored %s (%llu bytes) from %s", res.path,
                   (unsigned long long)size, a->calling_ae);
-        if (ing->on_arrival) ing->on_arrival(ing->ud);
+        /* An SR changed no study's deadline: nothing to re-arm. */
+        if (ing->on_arrival && !sr) ing->on_arrival(ing->ud);
         return DCM_STATUS_SUCCESS;
     }
 }

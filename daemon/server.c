@@ -1,15 +1,16 @@
 /*
  * server.c - the ctglipd process: a libuv loop that owns the config, the
  * study-completion timer, the lease-recovery timer, signals and shutdown,
- * around the SCP (its own threads), the worker pool (its own threads) and
- * the exporter (one thread per export destination).
+ * around the SCP (its own threads), the worker pool (its own threads), the
+ * exporter (one thread per export destination) and the drop-folder poller
+ * of incoming reports (a timer here, its passes on libuv's thread pool).
  *
  * Threading: everything in this file runs on the loop thread, except
  * on_arrival(), which association threads call; it only does
  * uv_async_send(), the one libuv call that is safe from other threads.
  *
- * Start-up order: store, lease recovery, exporter, workers, SCP, then
- * READY=1.  Shutdown (SIGTERM/SIGINT): stop accepting, wait up to
+ * Start-up order: store, lease recovery, exporter, workers, SCP, HTTP,
+ * the report poller, then READY=1.  Shutdown (SIGTERM/SIGINT): stop accepting, wait up to
  * shutdown_grace_seconds for associations, abort the rest, stop the workers
  * (a finishing job may still queue exports), stop the exporter (each
  * destination finishes the association it is in; what is not sent stays
@@ -39,6 +40,7 @@ typedef struct server {
     ctg_exporter *exporter;
     dcm_scp *scp;
     ctg_http *http;
+    ctg_reports_in *reports_in;
     st_retry_policy pol;
     int stopping;
     double drain_deadline;
@@ -153,6 +155,7 @@ static void reload(server *s)
     ctg_ingest_reconfigure(s->ing, c);
     ctg_exporter_reload(s->exporter, c);
     ctg_workers_reload(s->workers, c);
+    ctg_reports_in_reload(s->reports_in, c);
     dcm_scp_set_timeouts(s->scp, c->acse_timeout, c->dimse_timeout, c->idle_timeout);
     ctg_log_set_level(c->log_level);
     free(fresh);
@@ -168,6 +171,8 @@ static void finish(server *s)
     uv_timer_stop(&s->drain_timer);
     ctg_http_close(s->http);
     s->http = NULL;
+    ctg_reports_in_stop(s->reports_in);
+    s->reports_in = NULL;
     ctg_workers_stop(s->workers);
     s->workers = NULL;
     ctg_exporter_stop(s->exporter);
@@ -309,6 +314,9 @@ int ctg_server_run(ctg_config *cfg)
         ctg_http_start(&s->loop, cfg->http_bind, cfg->http_port, s->st, scp_active, s,
                        &s->http) < 0)
         goto fail_loop;
+
+    /* Text reports in the drop folder; report SRs come in through the SCP. */
+    if (ctg_reports_in_start(&s->loop, cfg, s->st, &s->reports_in) < 0) goto fail_loop;
 
     /* Studies that were pending when we last stopped keep their deadlines. */
     arm_completion(s);

@@ -421,6 +421,48 @@ typedef struct dcm_sr_input {
 int dcm_write_sr(const dcm_sr_input *in, const char *path, char sop_uid[65], char *why,
                  size_t n);
 
+/* ---- reading a received report SR (srtext.cc) ------------------------------ */
+
+/* The largest text dcm_sr_text returns (bytes, the NUL excluded); longer
+ * reports are cut at a line boundary and info->truncated is set. */
+#define DCM_SR_TEXT_MAX (1u << 20)
+
+/* What a report SR says about itself.  Strings are NUL-terminated UTF-8,
+ * "" when absent. */
+typedef struct dcm_sr_info {
+    char sop_class[65], sop_uid[65], study_uid[65];
+    char accession[17];
+    char manufacturer[65];
+    char title[129];          /* the document title: the root container's concept meaning */
+    char completion[16];      /* Completion Flag: "COMPLETE", "PARTIAL" */
+    char verification[16];    /* Verification Flag: "VERIFIED", "UNVERIFIED" */
+    /* Observation DateTime of the root content item, else Content Date and
+     * Time; DICOM DT form (YYYYMMDDHHMMSS...). */
+    char observed[27];
+    char content_dt[27];      /* Content Date + Content Time */
+    /* The (first) Verifying Observer Name, else the first Person Observer
+     * Name (121008, DCM) in the content tree; DICOM PN form (Last^First). */
+    char author[128];
+    int nitems;               /* TEXT, CODE and NUM items written to the text */
+    int truncated;            /* the text was cut at DCM_SR_TEXT_MAX */
+} dcm_sr_info;
+
+/* Reads a Structured Report file and renders its content tree as plain
+ * text, in document order: each CONTAINER's concept name is a heading on a
+ * line of its own (the root's as the first line, nested ones followed by
+ * ':' and preceded by a blank line); each TEXT value, CODE meaning and NUM
+ * value (with its unit) follows on its own line, prefixed "Concept: "
+ * unless its concept name just repeats the enclosing heading ("Finding"
+ * under "Findings").  Other value types (IMAGE, UIDREF, DATE, ...) are
+ * left out.  Values are converted to UTF-8 from the file's Specific
+ * Character Set; invalid bytes become '?', line ends become "\n", other
+ * control characters are dropped.  Files larger than 64 MiB are refused.
+ * *text is new (free() it) and may be "" for a report with no text; info
+ * may be NULL.  Returns 0, or CTG_EDICOM (not an SR, unreadable content
+ * tree), CTG_ETOOBIG, CTG_ENOMEM or a system error, with the reason in why.
+ * Reentrant. */
+int dcm_sr_text(const char *path, char **text, dcm_sr_info *info, char *why, size_t n);
+
 #ifdef __cplusplus
 }
 #endif

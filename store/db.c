@@ -100,6 +100,32 @@ static const char *const migrations[] = {
     "  created REAL NOT NULL, updated REAL NOT NULL, done_at REAL);"
     "CREATE INDEX IF NOT EXISTS exports_due ON exports(destination, state, next_try);"
     "CREATE INDEX IF NOT EXISTS exports_path ON exports(path);",
+
+    /* 2 -> 3: radiology reports received (reports.c): from report SRs that
+     * arrive by C-STORE and from text files in the drop folder.  study_uid
+     * is NULL while a report known only by its accession number waits for
+     * its study; source_key makes adding the same report twice a no-op.
+     * final: SR verified and complete, or a file (final by convention).
+     * linked_at: when an accession was resolved to a study. */
+    "CREATE TABLE IF NOT EXISTS reports("
+    "  id INTEGER PRIMARY KEY,"
+    "  study_uid TEXT,"
+    "  accession TEXT,"
+    "  source TEXT NOT NULL CHECK(source IN ('sr','file')),"
+    "  source_ref TEXT NOT NULL,"
+    "  source_key TEXT NOT NULL UNIQUE,"
+    "  text TEXT NOT NULL,"
+    "  completion_flag TEXT, verification_flag TEXT,"
+    "  observed TEXT, author TEXT,"
+    "  final INTEGER NOT NULL,"
+    "  received REAL NOT NULL,"
+    "  linked_at REAL);"
+    "CREATE INDEX IF NOT EXISTS reports_study ON reports(study_uid);"
+    "CREATE INDEX IF NOT EXISTS reports_unlinked ON reports(accession) WHERE study_uid IS NULL;"
+    "CREATE INDEX IF NOT EXISTS reports_unseen ON reports(study_uid) WHERE linked_at IS NULL;"
+    "CREATE INDEX IF NOT EXISTS reports_received ON reports(received);"
+    /* Accession lookups when linking reports (studies.accession had none). */
+    "CREATE INDEX IF NOT EXISTS studies_accession ON studies(accession);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -333,6 +359,18 @@ int st_counts_get(st_store *st, st_counts *c)
         while (sqlite3_step(s) == SQLITE_ROW) {
             int state = sqlite3_column_int(s, 0);
             if (state >= 0 && state < EXP_NSTATES) c->exports[state] = sqlite3_column_int(s, 1);
+        }
+        sqlite3_finalize(s);
+    }
+    if (r == 0 &&
+        st__prepare(st,
+                    "SELECT count(*), total(final), total(study_uid IS NULL OR NOT EXISTS"
+                    " (SELECT 1 FROM studies t WHERE t.study_uid=r.study_uid)) FROM reports r",
+                    &s) == 0) {
+        if (sqlite3_step(s) == SQLITE_ROW) {
+            c->reports = sqlite3_column_int(s, 0);
+            c->reports_final = (int)sqlite3_column_double(s, 1);
+            c->reports_unlinked = (int)sqlite3_column_double(s, 2);
         }
         sqlite3_finalize(s);
     }

@@ -141,25 +141,46 @@ static int upsert_patient(st_store *st, const ctg_instance *in, int64_t *id)
     return r;
 }
 
+int st_sop_class_is_sr(const char *sop_class)
+{
+    static const char sr_root[] = "1.2.840.10008.5.1.4.1.1.88.";
+    return sop_class && !strncmp(sop_class, sr_root, sizeof sr_root - 1);
+}
+
 /* Creates the study or records a new arrival in it: the persisted
- * last-arrival time and deadline move, and rx_gen marks new content. */
+ * last-arrival time and deadline move, and rx_gen marks new content.
+ *
+ * A Structured Report is not content the model reads: a radiologist's
+ * report (or our own SR forwarded back by a PACS) must not make a study
+ * pending again, or every report would re-run the model on unchanged
+ * images.  Its study row is created when it is the first of the study to
+ * arrive (with rx_gen 0: nothing to process yet), and otherwise left as it
+ * is, deadline and generations included. */
 static int touch_study(st_store *st, const st_ingest_req *q, int64_t patient,
                        int64_t *id)
 {
     sqlite3_stmt *s;
     const ctg_instance *in = q->inst;
-    if (st__cached(st,
-                    "INSERT INTO studies(study_uid, patient_ref, study_date, study_time,"
-                    " accession, description, calling_ae, first_received, last_received,"
-                    " stable_seconds, deadline, rx_gen, queued_gen)"
-                    " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?8,?9,?10,1,0)"
-                    " ON CONFLICT(study_uid) DO UPDATE SET"
-                    " last_received=excluded.last_received,"
-                    " stable_seconds=excluded.stable_seconds,"
-                    " deadline=max(deadline, excluded.deadline),"
-                    " calling_ae=excluded.calling_ae,"
-                    " rx_gen=rx_gen+1 RETURNING id",
-                    &s) < 0)
+    int doc = st_sop_class_is_sr(in->sop_class);
+    if (doc ? st__cached(st,
+                         "INSERT INTO studies(study_uid, patient_ref, study_date, study_time,"
+                         " accession, description, calling_ae, first_received, last_received,"
+                         " stable_seconds, deadline, rx_gen, queued_gen)"
+                         " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?8,?9,?10,0,0)"
+                         " ON CONFLICT(study_uid) DO UPDATE SET rx_gen=rx_gen RETURNING id",
+                         &s) < 0
+            : st__cached(st,
+                         "INSERT INTO studies(study_uid, patient_ref, study_date, study_time,"
+                         " accession, description, calling_ae, first_received, last_received,"
+                         " stable_seconds, deadline, rx_gen, queued_gen)"
+                         " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?8,?9,?10,1,0)"
+                         " ON CONFLICT(study_uid) DO UPDATE SET"
+                         " last_received=excluded.last_received,"
+                         " stable_seconds=excluded.stable_seconds,"
+                         " deadline=max(deadline, excluded.deadline),"
+                         " calling_ae=excluded.calling_ae,"
+                         " rx_gen=rx_gen+1 RETURNING id",
+                         &s) < 0)
         return CTG_EDB;
     bind_text(s, 1, in->study_uid);
     sqlite3_bind_int64(s, 2, patient);

@@ -23,7 +23,7 @@
 extern "C" {
 #endif
 
-#define ST_SCHEMA_VERSION 2
+#define ST_SCHEMA_VERSION 3
 
 typedef struct st_store st_store;
 
@@ -79,10 +79,20 @@ typedef struct st_ingest_req {
     int stable_seconds;        /* completion delay for this study */
 } st_ingest_req;
 
+/* 1 for the Structured Report SOP classes (1.2.840.10008.5.1.4.1.1.88.*).
+ * Such instances are stored and indexed like any other, but they are not
+ * new content for the job queue: they never make a study pending (see
+ * st_ingest). */
+int st_sop_class_is_sr(const char *sop_class);
+
 /* Makes a received file durable and indexes it.  The temp file is renamed to
  * <spool>/<study>/<series>/<sop>.dcm (or <sop>.v<N>.dcm for a different
  * version of an existing instance) or removed when it is an identical
- * duplicate: its data set bytes equal those of a version already held.  On error the temp file is removed and nothing is indexed. */
+ * duplicate: its data set bytes equal those of a version already held.  On error the temp file is removed and nothing is indexed.
+ * An image moves the study's deadline and marks it pending (rx_gen); a
+ * Structured Report (st_sop_class_is_sr) only creates the study row when
+ * it is the study's first instance and otherwise leaves the study as it
+ * is, so a report never re-queues a study. */
 int st_ingest(st_store *st, const st_ingest_req *req, st_ingest_result *res);
 
 /* ---- study completion ---------------------------------------------------- */
@@ -145,6 +155,9 @@ typedef struct st_counts {
     int studies_pending; /* received instances not yet covered by a job */
     int jobs[5];         /* by state */
     int exports[4];      /* export rows by state (EXP_*) */
+    int reports;         /* radiology reports received (reports.c) */
+    int reports_final;   /* of which final */
+    int reports_unlinked; /* of which no study in the index yet */
     uint64_t bytes;      /* sum of instance file sizes */
 } st_counts;
 int st_counts_get(st_store *st, st_counts *c);
@@ -272,6 +285,105 @@ int st_export_counts(st_store *st, const char *dest, int *counts);
  * path, study_uid, job_id, sop_class, sop_uid, created, done_at.  state < 0
  * and dest NULL list everything. */
 int st_export_list(st_store *st, int state, const char *dest, st_row_fn row, void *ud);
+
+/* ---- radiology reports received (reports.c) --------------------------------- */
+
+/* Final reports of radiologists, kept so that a nightly retrain can learn
+ * from them.  They come from report SRs received by C-STORE (source "sr")
+ * and from text files in the daemon's drop folder (source "file").
+ *
+ * Linking: a report names its study by Study Instance UID, or by accession
+ * number only.  It is linked when that study is in the index: by UID, or,
+ * for an accession, when exactly one study has it (st_reports_link then
+ * records the study's UID in the report).  A report may arrive before its
+ * study; it is kept, unlinked, and links once the study is indexed. */
+enum { ST_REPORT_SR = 0, ST_REPORT_FILE = 1 };
+
+typedef struct st_report_in {
+    int source;               /* ST_REPORT_SR or ST_REPORT_FILE */
+    const char *source_ref;   /* the SR's SOP Instance UID, or the file's name */
+    /* The report's identity: a second st_report_add with the same key
+     * changes nothing (so a retry after a crash cannot duplicate it). */
+    const char *source_key;
+    const char *study_uid;    /* NULL or "": known by accession only */
+    const char *accession;    /* NULL or "" */
+    const char *text;         /* UTF-8 */
+    const char *completion;   /* SR Completion Flag; NULL for files */
+    const char *verification; /* SR Verification Flag; NULL for files */
+    const char *observed;     /* when it was reported (DICOM DT); may be NULL */
+    const char *author;       /* may be NULL */
+    int final;                /* 1: a final report (the retrain's input) */
+    double now;               /* received */
+} st_report_in;
+
+typedef struct st_report_added {
+    int64_t id;
+    int outcome;              /* ST_NEW, or ST_DUPLICATE when the key was known */
+    int linked;               /* its study is in the index */
+    double received;          /* when the row was first stored */
+    char study_uid[65];       /* "" while unknown */
+} st_report_added;
+
+/* Stores one report (or finds the one with the same source_key) in one
+ * transaction; an accession is resolved to a study as st_reports_link
+ * does.  The strings are copied.  Returns 0, CTG_EINVAL (no key, no text,
+ * neither a valid study UID nor an accession), CTG_ESTATE (read-only) or
+ * CTG_EDB. */
+int st_report_add(st_store *st, const st_report_in *r, st_report_added *out);
+
+/* Links reports known by accession only to the one study that has that
+ * accession, and fills in the accession of reports whose study has one.
+ * Returns the number of reports newly linked, or an error. */
+int st_reports_link(st_store *st, double now);
+
+/* Removes a report (a drop-folder file given up on).  CTG_ENOTFOUND when
+ * there is none. */
+int st_report_delete(st_store *st, int64_t id);
+
+/* A stored report, as listed. */
+typedef struct st_report {
+    int64_t id;
+    char study_uid[65];       /* "" while known by accession only */
+    char accession[65];
+    int source;               /* ST_REPORT_SR or ST_REPORT_FILE */
+    char source_ref[256];
+    char completion[16], verification[16];
+    char observed[32];
+    char author[128];
+    int final;
+    int linked;               /* the study is in the index */
+    int images;               /* current non-SR instances of the study */
+    double received;          /* when the report was stored */
+    /* Latest of: received, linked to its study, the study's last image
+     * arrival.  What st_report_query.since compares with. */
+    double changed;
+    const char *text;         /* valid during the callback only */
+} st_report;
+
+typedef struct st_report_query {
+    const char *study;        /* a Study Instance UID or an accession; NULL: all */
+    /* Only reports that changed (st_report.changed) at or after this time;
+     * 0: any.  A nightly job passing its previous start time sees every
+     * study whose report, link or images arrived in between. */
+    double since;
+    double until;             /* and changed before this time; 0: no limit */
+    int final_only;           /* only final reports */
+    int linked_only;          /* only reports whose study is in the index */
+    int latest_per_study;     /* only the newest matching report of each study */
+} st_report_query;
+
+typedef int (*st_report_fn)(void *ud, const st_report *r);
+/* Calls fn for each matching report, oldest first (q NULL: all); a
+ * non-zero return stops the listing and is returned.  Rows are read in
+ * small batches and fn runs without the store's lock, so it may call the
+ * store; a report added meanwhile may or may not be listed. */
+int st_reports_list(st_store *st, const st_report_query *q, st_report_fn fn, void *ud);
+
+/* What the nightly retrain learns from: for each study in the index, its
+ * newest final report, where report, link or images changed in
+ * [since, until) (until 0: no limit).  st_reports_list with final_only,
+ * linked_only and latest_per_study. */
+int st_reports_final(st_store *st, double since, double until, st_report_fn fn, void *ud);
 
 /* The spool root this store was opened with. */
 const char *st_spool_dir(st_store *st);

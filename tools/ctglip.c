@@ -8,6 +8,8 @@
  *   ctglip [-c CONF] exports [STATE]   one line per export (file x destination)
  *   ctglip [-c CONF] requeue export ID         a dead export back to the queue
  *   ctglip [-c CONF] requeue dead [DESTINATION] every dead export back to the queue
+ *   ctglip [-c CONF] reports [STUDY]   radiology reports received; with a Study
+ *                                      Instance UID or accession: their text
  *   ctglip echo HOST PORT AET          C-ECHO a peer
  *   ctglip send HOST PORT AET FILE...  C-STORE files exactly as stored
  *   ctglip infer PATH                  one study through the model (tools/infer.c)
@@ -38,6 +40,7 @@ static int usage(void)
     fprintf(stderr,
             "usage: ctglip [-c CONF] status | studies | jobs [STATE] | requeue JOB\n"
             "       ctglip [-c CONF] exports [STATE] | requeue export ID | requeue dead [DEST]\n"
+            "       ctglip [-c CONF] reports [STUDY-UID|ACCESSION]\n"
             "       ctglip [--aet AE] [--tls CERT KEY CA] [--timeout S] echo HOST PORT AET\n"
             "       ctglip [--aet AE] [--tls CERT KEY CA] [--timeout S] send HOST PORT AET FILE...\n"
             "       ctglip phantom --seed S --count N --out DIR [options]   (--help for options)\n"
@@ -125,7 +128,7 @@ static int cmd_status(void)
 
 typedef struct table {
     int rows;
-    int kind; /* 0 studies, 1 jobs, 2 exports */
+    int kind; /* 0 studies, 1 jobs, 2 exports, 3 reports */
 } table;
 
 static int study_row(void *ud, int ncol, const char **names, const char **v)
@@ -311,6 +314,64 @@ static int cmd_requeue_dead(const char *dest)
     return 0;
 }
 
+/* ---- reports received (reports) ------------------------------------------------ */
+
+static int report_line(void *ud, const st_report *r)
+{
+    table *t = ud;
+    if (t->rows++ == 0)
+        printf("%6s  %-6s  %-5s  %-19s  %-64s  %-16s  %s\n", "REPORT", "SOURCE", "FINAL",
+               "RECEIVED", "STUDY UID", "ACCESSION", "FROM");
+    char rx[32], epoch[32];
+    snprintf(epoch, sizeof epoch, "%.3f", r->received);
+    fmt_time(epoch, rx, sizeof rx);
+    /* A report known by accession only has no study yet; one named by UID
+     * may wait for its images too. */
+    char study[80];
+    if (!r->study_uid[0])
+        snprintf(study, sizeof study, "(not linked)");
+    else
+        snprintf(study, sizeof study, "%s%s", r->study_uid, r->linked ? "" : " (not here)");
+    printf("%6lld  %-6s  %-5s  %-19s  %-64s  %-16s  %s\n", (long long)r->id,
+           r->source == ST_REPORT_SR ? "sr" : "file", r->final ? "yes" : "no", rx, study,
+           r->accession[0] ? r->accession : "-", r->source_ref);
+    return 0;
+}
+
+static int report_full(void *ud, const st_report *r)
+{
+    table *t = ud;
+    char rx[32], epoch[32];
+    snprintf(epoch, sizeof epoch, "%.3f", r->received);
+    fmt_time(epoch, rx, sizeof rx);
+    if (t->rows++) printf("\n");
+    printf("report %lld: %s %s, received %s, %s\n", (long long)r->id,
+           r->source == ST_REPORT_SR ? "SR" : "file", r->source_ref, rx,
+           r->final ? "final" : "not final");
+    printf("study %s, accession %s%s\n", r->study_uid[0] ? r->study_uid : "(not linked)",
+           r->accession[0] ? r->accession : "-", r->linked ? "" : " (study not in the index)");
+    if (r->source == ST_REPORT_SR)
+        printf("completion %s, verification %s, observed %s, author %s\n",
+               r->completion[0] ? r->completion : "-", r->verification[0] ? r->verification : "-",
+               r->observed[0] ? r->observed : "-", r->author[0] ? r->author : "-");
+    printf("---\n%s\n---\n", r->text);
+    return 0;
+}
+
+static int cmd_reports(const char *study)
+{
+    ctg_config cfg;
+    if (load_conf(&cfg) < 0) return 1;
+    st_store *st = open_index(&cfg, 1);
+    if (!st) return 1;
+    table t = {0, 3};
+    st_report_query q = {.study = study};
+    int r = st_reports_list(st, &q, study ? report_full : report_line, &t);
+    if (r == 0 && t.rows == 0) printf("no reports%s%s\n", study ? " for " : "", study ? study : "");
+    st_close(st);
+    return r < 0 ? 1 : 0;
+}
+
 static int peer_from(char **argv, dcm_peer *p)
 {
     memset(p, 0, sizeof *p);
@@ -398,6 +459,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "studies") && rest == 0) return cmd_studies();
     if (!strcmp(cmd, "jobs") && rest <= 1) return cmd_jobs(rest ? argv[i] : NULL);
     if (!strcmp(cmd, "exports") && rest <= 1) return cmd_exports(rest ? argv[i] : NULL);
+    if (!strcmp(cmd, "reports") && rest <= 1) return cmd_reports(rest ? argv[i] : NULL);
     if (!strcmp(cmd, "requeue") && rest == 2 && !strcmp(argv[i], "export"))
         return cmd_requeue_export(argv[i + 1]);
     if (!strcmp(cmd, "requeue") && rest >= 1 && rest <= 2 && !strcmp(argv[i], "dead"))

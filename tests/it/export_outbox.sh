@@ -54,7 +54,7 @@ files=("$T/in"/*.dcm)
 conf ""
 start_daemon
 stop_daemon
-expect_eq "$(sql 'PRAGMA user_version')" 2 "schema version"
+expect_eq "$(sql 'PRAGMA user_version')" 3 "schema version"
 for f in "${files[@]:0:2}"; do
     uid=$(dcmdump -s +P 0008,0018 "$f" | sed 's/.*\[\(.*\)\].*/\1/')
     cls=$(dcmdump -s +P 0008,0016 "$f" | sed 's/.*\[\(.*\)\].*/\1/')
