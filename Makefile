@@ -23,7 +23,7 @@ OPT      ?= -O1 -fno-omit-frame-pointer -fsanitize=$(SANITIZE)
 SANLD    := -fsanitize=$(SANITIZE)
 endif
 
-WARN     := -Wall -Wextra -Wshadow
+WARN     := -Wall -Wextra -Wshadow -Wno-missing-field-initializers
 CPPFLAGS += -D_GNU_SOURCE -I. -I/usr/include/nifti -MMD -MP -DHAVE_SYSTEMD=1
 CFLAGS   += -std=gnu11 $(OPT) -g $(WARN) -Wstrict-prototypes -pthread -fopenmp
 CXXFLAGS += -std=c++17 $(OPT) -g $(WARN) -pthread
@@ -45,7 +45,8 @@ CORE_SRC   := $(wildcard core/*.c)
 STORE_SRC  := $(wildcard store/*.c)
 DICOM_SRC  := $(wildcard dicom/*.cc)
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
-TOOLS_SRC  := $(filter-out tools/ctglip.c tools/ctglip_train.c tools/infer.c,$(wildcard tools/*.c))
+TOOLS_SRC  := $(filter-out tools/ctglip.c tools/ctglip_train.c tools/ctglip_retrain.c tools/infer.c \
+                tools/retrain.c,$(wildcard tools/*.c))
 TEST_SRC   := $(wildcard tests/*.c) $(wildcard tests/fuzz/*.c)
 
 obj = $(patsubst %.cc,$(BUILD)/%.o,$(patsubst %.c,$(BUILD)/%.o,$(1)))
@@ -53,7 +54,8 @@ obj = $(patsubst %.cc,$(BUILD)/%.o,$(patsubst %.c,$(BUILD)/%.o,$(1)))
 LIB_OBJ    := $(call obj,$(CORE_SRC) $(STORE_SRC) $(DICOM_SRC)) $(CUDA_OBJ)
 DAEMON_OBJ := $(call obj,$(DAEMON_SRC))
 
-BINS := $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/ctglip-train $(BUILD)/tests/runner
+BINS := $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/ctglip-train $(BUILD)/ctglip-retrain \
+        $(BUILD)/tests/runner
 
 .PHONY: all test run demo bench bench-ingest bench-conv bench-latency vocab model clean deps check-config install fuzz
 all: $(BINS)
@@ -66,6 +68,11 @@ $(BUILD)/ctglip: $(call obj,tools/ctglip.c tools/infer.c daemon/config.c daemon/
 	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
 
 $(BUILD)/ctglip-train: $(call obj,tools/ctglip_train.c $(TOOLS_SRC)) $(LIB_OBJ)
+	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
+
+# The nightly retraining: the trainer plus the daemon's config and store.
+$(BUILD)/ctglip-retrain: $(call obj,tools/ctglip_retrain.c tools/retrain.c daemon/config.c \
+                           $(TOOLS_SRC)) $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) -o $@ $^ $(LDLIBS_DCMTK) $(LDLIBS) $(CUDA_LIBS)
 
 $(BUILD)/tests/runner: $(call obj,$(TEST_SRC) $(TOOLS_SRC) tools/infer.c) $(DAEMON_OBJ) $(LIB_OBJ)
@@ -162,7 +169,8 @@ install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/ctglip $(DESTDIR)/lib/systemd/system \
 	    $(DESTDIR)$(PREFIX)/share/doc/ctglip $(DESTDIR)$(PREFIX)/share/ctglip/models \
 	    $(DESTDIR)$(PREFIX)/share/ctglip/etc
-	install -m 0755 $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/ctglip-train $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(BUILD)/ctglipd $(BUILD)/ctglip $(BUILD)/ctglip-train $(BUILD)/ctglip-retrain \
+	    $(DESTDIR)$(PREFIX)/bin/
 	install -m 0644 models/glove100.vocab models/GLOVE-LICENSE.md models/default.ctglip \
 	    models/default.eval.json $(DESTDIR)$(PREFIX)/share/ctglip/models/
 	install -m 0644 etc/findings.conf $(DESTDIR)$(PREFIX)/share/ctglip/etc/

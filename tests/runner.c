@@ -36,7 +36,7 @@ static const test_case *const unit_tables[] = {store_tests,  queue_tests,   conf
                                                 text_tests,    model_tests,  data_tests,
                                                 eval_tests,    train_tests,  seg_tests,
                                                 sr_tests,      outbox_tests, analysis_tests,
-                                                reports_in_tests};
+                                                reports_in_tests, report_tests};
 
 typedef struct entry {
     char name[128];

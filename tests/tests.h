@@ -78,5 +78,6 @@ extern const test_case sr_tests[];      /* test_sr.c: TID 1500 SR writer */
 extern const test_case outbox_tests[];  /* test_outbox.c: export outbox (store) */
 extern const test_case analysis_tests[]; /* test_analysis.c: study analysis (core/analysis.h) */
 extern const test_case reports_in_tests[]; /* test_reports_in.c: report SRs and the drop folder */
+extern const test_case report_tests[];  /* test_report.c: radiology report parser (core/report.h) */
 
 #endif
