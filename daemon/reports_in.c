@@ -554,7 +554,7 @@ int ctg_drop_scan(st_store *st, const char *folder, int give_up_days, double now
     closedir(d);
     /* Oldest name first is not knowable cheaply; sorted is at least the
      * same order every time. */
-    if (r == 0) qsort(names, (size_t)nn, sizeof *names, cmp_name);
+    if (r == 0 && nn > 0) qsort(names, (size_t)nn, sizeof *names, cmp_name);
     for (int i = 0; i < nn && r == 0; i++) r = handle_file(st, folder, names[i], give_up_days, now, stats);
     for (int i = 0; i < nn; i++) free(names[i]);
     free(names);

@@ -545,6 +545,7 @@ static int calibrate(const ev_opts *o, const zs_list *l, const ev_result *r)
     if (!ps || !pl) goto out;
     size_t k = 0;
     for (int f = 0; f < r->nf; f++) {
+        if (!r->fs[f].n) continue; /* never scored: no arrays */
         memcpy(ps + k, r->fs[f].score, sizeof(float) * r->fs[f].n);
         memcpy(pl + k, r->fs[f].label, r->fs[f].n);
         k += r->fs[f].n;
