@@ -330,9 +330,9 @@ static int test_pipeline(void)
 }
 
 const test_case analysis_tests[] = {
-    {"analysis_pipeline", test_pipeline},
-    {"analysis_measures", test_measures},
-    {"analysis_reload", test_reload},
+    {"analysis_pipeline", test_pipeline, 240},
+    {"analysis_measures", test_measures, 180},
+    {"analysis_reload", test_reload, 180},
     {"analysis_bad_input", test_bad_input},
     {NULL, NULL},
 };
