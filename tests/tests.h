@@ -79,5 +79,20 @@ extern const test_case outbox_tests[];  /* test_outbox.c: export outbox (store) 
 extern const test_case analysis_tests[]; /* test_analysis.c: study analysis (core/analysis.h) */
 extern const test_case reports_in_tests[]; /* test_reports_in.c: report SRs and the drop folder */
 extern const test_case report_tests[];  /* test_report.c: radiology report parser (core/report.h) */
+/* The GPU backend.  Weak, so a table is optional until its file exists. */
+extern const test_case cuops_tests[] __attribute__((weak));  /* test_cuops.c: own CUDA kernels */
+extern const test_case cuconv_tests[] __attribute__((weak)); /* test_cuconv.c: cuDNN conv, cuBLAS */
+extern const test_case cunet_tests[] __attribute__((weak));  /* test_cunet.c: the network on the GPU */
+extern const test_case gpu_tests[] __attribute__((weak));    /* test_gpu.c: trainer, workers, comm */
+
+/* Exit status of a test that cannot run here; it prints "skipped: REASON"
+ * first (the runner shows the reason). */
+#define TEST_SKIP 77
+#define SKIP(...)                                                              \
+    do {                                                                       \
+        printf("skipped: " __VA_ARGS__);                                       \
+        printf("\n");                                                          \
+        return TEST_SKIP;                                                      \
+    } while (0)
 
 #endif
