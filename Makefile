@@ -32,14 +32,20 @@ LDLIBS_DCMTK := -ldcmseg -ldcmfg -ldcmiod -lcmr -ldcmsr -ldcmimage -ldcmtls -ldc
 LDLIBS   := -ldnnl -lgomp -lniftiio -lznz -lpng -lz -luv -lsqlite3 -linih -lcjson -lsystemd -lssl -lcrypto -lpthread -lm
 LDFLAGS  += -pthread $(SANLD)
 
+# cuda/*.cu need nvcc; cuDNN, cuBLAS and NCCL are loaded at run time
+# (cuda/culib.cu), so only the static CUDA runtime is linked.  Hopper
+# (sm_90) machine code plus PTX that later GPUs compile at load time.
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
 ifneq ($(NVCC),)
-CPPFLAGS += -DHAVE_CUDA=1
-CUDA_OBJ := $(BUILD)/cuda/device.o
+CPPFLAGS += -DHAVE_CUDA=1 -I$(CUDA_HOME)/include
+CUDA_OBJ := $(patsubst %.cu,$(BUILD)/%.o,$(wildcard cuda/*.cu))
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt
 else
 CUDA_OBJ := $(BUILD)/cuda/nogpu.o
 CUDA_LIBS :=
 endif
+# The network on the GPU is plain C over cuops.h (stubbed without nvcc).
+CUDA_OBJ += $(BUILD)/cuda/cunet.o
 
 CORE_SRC   := $(wildcard core/*.c)
 STORE_SRC  := $(wildcard store/*.c)
@@ -86,9 +92,10 @@ $(BUILD)/%.o: %.cc
 	@mkdir -p $(dir $@)
 	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c -o $@ $<
 
-$(BUILD)/cuda/device.o: cuda/device.cu cuda/cu.h
+$(BUILD)/cuda/%.o: cuda/%.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) -O2 -I. -DHAVE_CUDA=1 -c -o $@ $<
+	$(NVCC) -std=c++17 -O2 -g --extended-lambda $(CUDA_ARCH) -I. -DHAVE_CUDA=1 \
+	    -Xcompiler -Wall,-Wextra,-Wno-missing-field-initializers -MD -MF $(@:.o=.d) -c -o $@ $<
 
 deps:
 	@sh scripts/deps.sh

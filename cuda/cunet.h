@@ -7,13 +7,13 @@
  *     AdamW moments, each one device allocation with the host layout
  *     (mdl_tensor.off), so upload and download are single copies;
  *   - every convolution's weights prepared once per update in the
- *     activation type and cuDNN's layout (cu_conv_prepare).
+ *     activation type and cuDNN's layout (cu_conv_prepare_geom).
  * Activations are channels-last in the model's cu_dtype (bf16 for speed,
  * fp32 for the reference path).  A cu_acts holds every buffer and every
  * convolution plan of one batch shape in one device allocation made at
  * creation; forward, loss, backward and the optimizer step allocate
- * nothing.  Inference of a patch shape is captured once as a CUDA graph and
- * replayed (not in the emulation).
+ * nothing.  (CUDA graphs for inference are not used yet: they need a
+ * capture API in cuops.h and a GPU to show they pay off.)
  *
  * What crosses to the host per training step is small: the input patch and
  * labels go up; the organ embeddings and counts ([n][K+1][E], [n][K+1]) come

@@ -1,7 +1,7 @@
 /*
  * cuops.h - the GPU versions of the ops of core/ops.h, and the device
  * context they run in.  One header for builds with and without CUDA: with
- * nvcc (HAVE_CUDA) cuda/*.cu implement it; otherwise cuda/nogpu.c answers
+ * nvcc (HAVE_CUDA) the cuda/ .cu files implement it; otherwise cuda/nogpu.c answers
  * every call with CTG_ENOTFOUND ("built without CUDA").
  *
  * cuDNN, cuBLAS(Lt) and NCCL are not link-time dependencies: cu_ctx_new
@@ -148,6 +148,11 @@ const char *cu_conv_impl(const cu_conv *p, int pass);
  * Call it after every change of w (the optimizer step). */
 size_t cu_conv_wcount(const cu_conv *p);
 int cu_conv_prepare(cu_conv *p, void *wq, const float *w);
+/* The same without a plan: the prepared layout depends only on the kind,
+ * channels and kernel of g (not on batch or size), so a model prepares its
+ * weights once per update for all the shapes it runs. */
+int cu_conv_prepare_geom(cu_ctx *c, const op_conv_geom *g, cu_dtype dt, void *wq,
+                         const float *w);
 
 /* out = conv(in, wq) + b, b fp32 [cout] or NULL; in and out channels-last
  * dt in the plan's shapes. */
