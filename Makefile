@@ -46,6 +46,8 @@ CUDA_LIBS :=
 endif
 # The network on the GPU is plain C over cuops.h (stubbed without nvcc).
 CUDA_OBJ += $(BUILD)/cuda/cunet.o
+# Communicators of data-parallel training (host sockets; NCCL by dlopen).
+CUDA_OBJ += $(BUILD)/cuda/cucomm.o
 
 CORE_SRC   := $(wildcard core/*.c)
 STORE_SRC  := $(wildcard store/*.c)
@@ -155,6 +157,16 @@ $(BUILD)/bench/conv: $(call obj,bench/conv.c $(CORE_SRC)) $(CUDA_OBJ)
 
 bench-conv: deps $(BUILD)/bench/conv
 	$(BUILD)/bench/conv
+
+# GPU benchmark (needs a GPU and PyTorch, so `bench` leaves it out): the
+# network through cuda/cunet.h against PyTorch eager (bench/torch_ctglip.py)
+# on the same config, side by side with ratios.  See bench/gpu.sh.
+.PHONY: bench-gpu
+$(BUILD)/bench/gpu: $(call obj,bench/gpu.c $(CORE_SRC)) $(CUDA_OBJ)
+	$(CXX) $(LDFLAGS) -Wl,--as-needed -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
+
+bench-gpu: $(BUILD)/bench/gpu
+	@CTG_BUILD=$(BUILD) GPU_BIN=$(BUILD)/bench/gpu bash bench/gpu.sh
 
 # Last instance received to SR delivered, with the breakdown of the steps.
 bench-latency: deps all

@@ -21,6 +21,7 @@
 #include "core/core.h"
 #include "core/ops.h"
 #include "core/text.h"
+#include "cuda/cunet.h"
 
 struct an_findings {
     zs_list *list;
@@ -41,7 +42,10 @@ struct an_engine {
 
 struct an_ctx {
     an_engine *e;
-    mdl_acts *acts;
+    mdl_acts *acts;       /* CPU; NULL on a GPU */
+    cu_model *g;          /* GPU: the model's copy on the device, or NULL */
+    cu_acts *ga;          /* GPU: one window's activations */
+    int dev_failed;       /* the last an_run failed in the device */
 };
 
 #define WHY(...)                                                                                  \
@@ -192,10 +196,39 @@ int an_ctx_new(an_engine *e, an_ctx **out)
     return 0;
 }
 
+int an_ctx_new_gpu(an_engine *e, struct cu_ctx *gc, int bf16, an_ctx **out, char *why,
+                   size_t n)
+{
+    *out = NULL;
+    an_ctx *c = calloc(1, sizeof *c);
+    if (!c) return CTG_ENOMEM;
+    c->e = e;
+    const mdl_config *cf = &e->m->cfg;
+    /* The engine's model is shared read-only; the device copy only reads
+     * it (parameters up, never down). */
+    int rc = cu_model_new(gc, e->m, bf16 ? CU_BF16 : CU_F32, 0, &c->g, why, n);
+    if (rc == 0 && (rc = cu_acts_new(c->g, 1, cf->patch[0], cf->patch[1], cf->patch[2],
+                                     &c->ga)) < 0)
+        WHY("activations of a %dx%dx%d window on the device: %s", cf->patch[2], cf->patch[1],
+            cf->patch[0], cu_ctx_error(gc)[0] ? cu_ctx_error(gc) : ctg_strerror(rc));
+    if (rc < 0) {
+        an_ctx_free(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+struct cu_ctx *an_ctx_device(const an_ctx *c) { return c && c->g ? cu_model_ctx(c->g) : NULL; }
+
+int an_ctx_device_failed(const an_ctx *c) { return c && c->dev_failed; }
+
 void an_ctx_free(an_ctx *c)
 {
     if (!c) return;
     mdl_acts_free(c->acts);
+    cu_acts_free(c->ga);
+    cu_model_free(c->g);
     free(c);
 }
 
@@ -328,7 +361,18 @@ int an_run(an_engine *e, an_ctx *c, const ctg_vol *hu, an_result *r, char *why, 
         WHY("out of memory");
         goto fail;
     }
-    if ((rc = mdl_infer(m, c->acts, in, overlap, &lab_model, embed, count, NULL)) < 0) {
+    if (c->g) {
+        /* On the GPU: any failure there is the device's (the volume was
+         * checked above), so the caller re-creates the context. */
+        c->dev_failed = 0;
+        if ((rc = cu_infer(c->g, c->ga, in, overlap, &lab_model, embed, count)) < 0) {
+            const char *dt = cu_ctx_error(cu_model_ctx(c->g));
+            WHY("GPU inference on %dx%dx%d voxels: %s", in->nx, in->ny, in->nz,
+                dt[0] ? dt : ctg_strerror(rc));
+            c->dev_failed = 1;
+            goto fail;
+        }
+    } else if ((rc = mdl_infer(m, c->acts, in, overlap, &lab_model, embed, count, NULL)) < 0) {
         WHY("inference on %dx%dx%d voxels: %s", in->nx, in->ny, in->nz, ctg_strerror(rc));
         goto fail;
     }

@@ -5,8 +5,8 @@
  *
  *   1. resample the volume (canonical orientation, core/vol.h) to the
  *      model's training spacing (trilinear);
- *   2. sliding-window inference (mdl_infer): organ label map and one
- *      embedding per organ, pooled in the predicted mask;
+ *   2. sliding-window inference (mdl_infer, or cu_infer on a GPU): organ
+ *      label map and one embedding per organ, pooled in the predicted mask;
  *   3. organ labels in the air outside the body (HU < -500 connected to
  *      the volume's sides) are cleared; the label map goes back onto the
  *      source grid (nearest neighbour), where each organ's volume (mL) and
@@ -22,7 +22,8 @@
  * result keeps the list it was scored with until it is freed.
  *
  * Threading: an engine is shared by all workers.  an_run may be called
- * from several threads at once, each with its own an_ctx; an_reload_findings
+ * from several threads at once, each with its own an_ctx (a GPU an_ctx
+ * belongs to the thread that owns its cu_ctx); an_reload_findings
  * may run concurrently with them (the switch is under a mutex and results
  * hold a reference to the old list).
  */
@@ -74,6 +75,24 @@ void an_set_overlap(an_engine *e, float overlap);
 /* Per-thread working memory (the model's activations).  0 or CTG_E*. */
 int an_ctx_new(an_engine *e, an_ctx **out);
 void an_ctx_free(an_ctx *c); /* NULL: no-op */
+
+/* The same on a GPU: the model's parameters uploaded to the device of gc
+ * (a cuda/cuops.h context that the calling thread owns; it must outlive
+ * the an_ctx) and the activations of one window there, in bf16 (bf16 = 1)
+ * or fp32.  an_run with it runs the sliding windows through cu_infer
+ * (cuda/cunet.h); resampling, measures and scoring stay on the host.  A
+ * new model file means a new engine and so a new an_ctx: its parameters
+ * are uploaded then.  0 or CTG_E* with the reason (the device's text) in
+ * why. */
+struct cu_ctx;
+int an_ctx_new_gpu(an_engine *e, struct cu_ctx *gc, int bf16, an_ctx **out, char *why,
+                   size_t n);
+/* The device of c: its cu_ctx, or NULL for a CPU context. */
+struct cu_ctx *an_ctx_device(const an_ctx *c);
+/* 1 after an_run on c failed in the device: the GPU context may be
+ * unusable (a sticky CUDA error), so the owner frees c, resets or
+ * re-creates its cu_ctx and makes a new an_ctx before the next run. */
+int an_ctx_device_failed(const an_ctx *c);
 
 /* One finding scored on one organ. */
 typedef struct an_finding {

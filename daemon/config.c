@@ -49,6 +49,8 @@ void ctg_config_defaults(ctg_config *c)
     c->model_threads = 0;
     c->model_overlap = 0.25;
     snprintf(c->device, sizeof c->device, "auto");
+    c->n_gpus = 0;
+    c->model_bf16 = 1;
     snprintf(c->reports, sizeof c->reports, "var/reports");
     snprintf(c->outbox, sizeof c->outbox, "var/outbox");
     c->export_max_attempts = 20;
@@ -169,6 +171,9 @@ int ctg_config_apply_reloadable(ctg_config *dst, const ctg_config *src)
                   strcmp(src->model_path, dst->model_path) ||
                   strcmp(src->vocab_path, dst->vocab_path) ||
                   src->model_threads != dst->model_threads || strcmp(src->device, dst->device) ||
+                  src->n_gpus != dst->n_gpus ||
+                  memcmp(src->gpus, dst->gpus, sizeof src->gpus) != 0 ||
+                  src->model_bf16 != dst->model_bf16 ||
                   strcmp(src->reports, dst->reports) || strcmp(src->outbox, dst->outbox) ||
                   strcmp(src->reports_drop, dst->reports_drop);
     /* The findings list, its prompt phrasings and the overlap reload: the
@@ -243,6 +248,30 @@ static int parse_bool(const char *v, int *out)
         return 0;
     }
     return -1;
+}
+
+/* "all" (n = 0) or a comma- or space-separated list of distinct device
+ * numbers 0..63 (at most CTG_MAX_GPUS). */
+static int parse_gpus(const char *v, int *ids, int *n)
+{
+    if (!strcasecmp(v, "all")) {
+        *n = 0;
+        return 0;
+    }
+    char buf[256];
+    if (strlen(v) >= sizeof buf) return -1;
+    snprintf(buf, sizeof buf, "%s", v);
+    int k = 0;
+    for (char *sv = NULL, *t = strtok_r(buf, ", \t", &sv); t; t = strtok_r(NULL, ", \t", &sv)) {
+        long x;
+        if (k == CTG_MAX_GPUS || parse_int(t, 0, 63, &x) < 0) return -1;
+        for (int i = 0; i < k; i++)
+            if (ids[i] == x) return -1;
+        ids[k++] = (int)x;
+    }
+    if (k == 0) return -1;
+    *n = k;
+    return 0;
 }
 
 static int valid_ae(const char *v)
@@ -494,6 +523,18 @@ static int handler(void *user, const char *section, const char *name, const char
         if (strcmp(value, "cpu") && strcmp(value, "cuda") && strcmp(value, "auto"))
             return fail(p, "device must be cpu, cuda or auto, not '%s'%s", value, "");
         snprintf(c->device, sizeof c->device, "%s", value);
+        return 1;
+    }
+    if (!strcmp(section, "model") && !strcmp(name, "gpus")) {
+        if (parse_gpus(value, c->gpus, &c->n_gpus) < 0)
+            return fail(p, "gpus must be all or a list of device numbers such as 0,1 (each "
+                        "0..63, once), not '%s'%s", value, "");
+        return 1;
+    }
+    if (!strcmp(section, "model") && !strcmp(name, "precision")) {
+        if (strcmp(value, "bf16") && strcmp(value, "fp32"))
+            return fail(p, "precision must be bf16 or fp32, not '%s'%s", value, "");
+        c->model_bf16 = !strcmp(value, "bf16");
         return 1;
     }
 

@@ -28,6 +28,7 @@ static inline void ctg_notify(const char *state) { (void)state; }
 #endif
 
 #define CTG_MAX_LIST 64
+#define CTG_MAX_GPUS 16
 
 typedef struct ctg_cidr {
     int family; /* AF_INET or AF_INET6 */
@@ -89,6 +90,9 @@ typedef struct ctg_config {
     int model_threads;            /* ops threads per worker; 0 = cores / workers */
     double model_overlap;         /* sliding-window overlap, 0..0.9 */
     char device[16];              /* cpu, cuda or auto */
+    int gpus[CTG_MAX_GPUS];       /* [model] gpus: the devices to use, in order */
+    int n_gpus;                   /* 0: all ("gpus = all") */
+    int model_bf16;               /* precision on a GPU: 1 bf16, 0 fp32 */
     char reports[PATH_MAX];       /* each job's SEG and SR: <reports>/<StudyUID>/<job>/ */
     /* [export] */
     char outbox[PATH_MAX];        /* SR and SEG waiting for their destinations */

@@ -266,8 +266,8 @@ int ctg_server_run(ctg_config *cfg)
     }
 
     int gpus = cu_device_count();
-    log_info("server: %d CUDA device(s)%s; %d CPU worker(s)", gpus,
-             cu_built_with_cuda() ? "" : " (built without CUDA)", cfg->workers);
+    log_info("server: %d CUDA device(s)%s; [model] device = %s", gpus,
+             cu_built_with_cuda() ? "" : " (built without CUDA)", cfg->device);
     if ((r = ctg_workers_start(cfg, s->st, &s->workers)) < 0) {
         log_error("server: cannot start workers: %s", ctg_strerror(r));
         goto fail_store;

@@ -17,11 +17,31 @@
  * with the reason: retrying cannot help.  Without a configured model the
  * job stops after the volume.
  *
+ * Devices ([model] device, gpus, precision): on the CPU there are
+ * [queue] workers threads; on GPUs one worker per GPU, each creating its
+ * own cu_ctx on its own thread, with the model's parameters uploaded once
+ * per worker (an_ctx_new_gpu) and again after a model switch.  A job whose
+ * inference fails in the device fails with the device's reason and is
+ * retried like any other transient failure; the worker then drops its
+ * device copy, resets (or re-creates) its cu_ctx and uploads again before
+ * its next job.  A worker whose device cannot be opened claims no jobs and
+ * tries again with back-off; the daemon itself never exits for a device.
+ *
+ * Test hooks, not for admins (environment, read at start):
+ *   CTGLIP_CUDA_EMULATE=1   device = cuda (or auto) uses CU_EMULATE
+ *                           contexts: the GPU code path run on the host,
+ *                           so CI without a GPU covers the worker's
+ *                           device plumbing;
+ *   CTGLIP_CUDA_FAIL_AFTER=N  the Nth GPU job of the process fails as a
+ *                           device error would (reason "injected GPU
+ *                           fault"), with the context re-created after.
+ *
  * Threading: one thread per worker, each with its own model context
- * (activations); the model, the text encoder and the prompt embeddings are
- * shared read-only through one an_engine, whose findings list a SIGHUP may
- * swap while jobs run.  The pool's mutex/condvar carry wake-ups and the
- * stop flag.  The store handle is thread-safe.
+ * (activations, and on a GPU its cu_ctx and the model's device copy); the
+ * model, the text encoder and the prompt embeddings are shared read-only
+ * through one an_engine, whose findings list a SIGHUP may swap while jobs
+ * run.  The pool's mutex/condvar carry wake-ups and the stop flag.  The
+ * store handle is thread-safe.
  */
 #include "daemon.h"
 
@@ -34,6 +54,8 @@
 #include <sys/stat.h>
 
 #include "core/ops.h"
+#include "cuda/cu.h"
+#include "cuda/cuops.h"
 #include <time.h>
 #include <unistd.h>
 
@@ -66,6 +88,12 @@ struct ctg_workers {
     char model_name[256];
     char reports[PATH_MAX];
     int ops_threads;        /* ops threads per worker */
+    /* Devices: dev[i] is worker i's GPU (CU_EMULATE in the test
+     * emulation), or WK_CPU. */
+    int *dev;
+    int bf16;               /* activations on the GPU in bf16 */
+    int fail_after;         /* CTGLIP_CUDA_FAIL_AFTER (0: off) */
+    int gpu_jobs;           /* GPU jobs started, for the fault hook (atomic) */
     int switching;          /* a worker is loading a new model file (under mu) */
     /* Where finished reports go (reloadable, under mu) and whom to tell. */
     char outbox[PATH_MAX];
@@ -74,6 +102,8 @@ struct ctg_workers {
     void (*on_export)(void *);
     void *on_export_ud;
 };
+
+#define WK_CPU (-100) /* dev[] of a CPU worker */
 
 typedef struct eng_ref {
     an_engine *e;
@@ -342,26 +372,95 @@ done:
 static void check_model(ctg_workers *w);
 static void eng_release(ctg_workers *w, eng_ref *r);
 
+/* One line on the device of a worker: "cuda:0 NVIDIA H100 ..., bf16". */
+static void describe_device(const ctg_workers *w, int dev, char *out, size_t n)
+{
+    if (dev == WK_CPU) {
+        snprintf(out, n, "cpu, %d thread(s)", w->ops_threads);
+    } else if (dev == CU_EMULATE) {
+        snprintf(out, n, "cuda emulated on the host (CTGLIP_CUDA_EMULATE, tests only), %s",
+                 w->bf16 ? "bf16" : "fp32");
+    } else {
+        char name[200] = "";
+        if (cu_device_name(dev, name, (int)sizeof name) < 0) snprintf(name, sizeof name, "?");
+        snprintf(out, n, "cuda:%d %s, %s", dev, name, w->bf16 ? "bf16" : "fp32");
+    }
+}
+
+/* "GPU 0", or "emulated GPU". */
+static const char *gpu_name(int dev, char *buf, size_t n)
+{
+    if (dev == CU_EMULATE) snprintf(buf, n, "emulated GPU");
+    else snprintf(buf, n, "GPU %d", dev);
+    return buf;
+}
+
+/* A GPU worker's device context, made on the worker's own thread (a
+ * cu_ctx belongs to the thread that uses it).  NULL with the reason
+ * logged. */
+static cu_ctx *open_device(const char *owner, int dev)
+{
+    char why[512] = "", gn[32];
+    cu_ctx *gc = NULL;
+    int rc = cu_ctx_new(dev, &gc, why, sizeof why);
+    if (rc < 0) {
+        log_error("worker %s: cannot open the %s: %s; it takes no jobs until it opens", owner,
+                  gpu_name(dev, gn, sizeof gn), why[0] ? why : ctg_strerror(rc));
+        return NULL;
+    }
+    return gc;
+}
+
+/* Test hook: 1 when this GPU job is the CTGLIP_CUDA_FAIL_AFTER'th. */
+static int fault_due(ctg_workers *w)
+{
+    return w->fail_after > 0 &&
+           __atomic_add_fetch(&w->gpu_jobs, 1, __ATOMIC_RELAXED) == w->fail_after;
+}
+
 static void *worker_main(void *arg)
 {
     worker_arg *wa = arg;
     ctg_workers *w = wa->pool;
-    char owner[128];
+    char owner[128], desc[300];
     int me = wa->index;
     an_ctx *ctx = NULL;
     eng_ref *mine = NULL;
+    int dev = w->dev[me];
+    cu_ctx *gc = NULL;
+    double dev_retry = 0, dev_backoff = 5;
     snprintf(owner, sizeof owner, "%s/%d/w%d", w->host, (int)getpid(), me);
     free(wa);
     pthread_mutex_lock(&w->mu);
     snprintf(w->owners[me], sizeof w->owners[me], "%s", owner);
     pthread_mutex_unlock(&w->mu);
     op_set_threads(w->ops_threads);
+    describe_device(w, dev, desc, sizeof desc);
+    if (dev != WK_CPU && w->cur) {
+        gc = open_device(owner, dev);
+        if (gc) log_info("worker %d: %s", me, desc);
+        else dev_retry = ctg_mono() + dev_backoff;
+    } else {
+        log_info("worker %d: %s", me, desc);
+    }
 
     pthread_mutex_lock(&w->mu);
     while (!w->stop) {
         pthread_mutex_unlock(&w->mu);
         st_job job;
-        int got = st_job_claim(w->st, owner, ctg_now(), w->lease, &job);
+        /* A GPU worker without its device claims nothing, and tries to
+         * open it again with back-off (up to a minute). */
+        int got = 0;
+        if (dev != WK_CPU && w->cur && !gc && ctg_mono() >= dev_retry) {
+            if ((gc = open_device(owner, dev))) {
+                log_info("worker %d: %s (device open again)", me, desc);
+                dev_backoff = 5;
+            } else {
+                dev_backoff = dev_backoff * 2 > 60 ? 60 : dev_backoff * 2;
+                dev_retry = ctg_mono() + dev_backoff;
+            }
+        }
+        if (dev == WK_CPU || !w->cur || gc) got = st_job_claim(w->st, owner, ctg_now(), w->lease, &job);
         if (got == 1) {
             char why[512] = "";
             pthread_mutex_lock(&w->mu);
@@ -381,18 +480,43 @@ static void *worker_main(void *arg)
                 an_ctx_free(ctx);
                 ctx = NULL;
                 eng_release(w, old);
-                if (mine) {
-                    int cr = an_ctx_new(mine->e, &ctx);
-                    if (cr < 0)
-                        log_error("worker %s: no model context (%s): the job fails and is retried",
-                                  owner, ctg_strerror(cr));
-                }
             } else {
                 pthread_mutex_unlock(&w->mu);
             }
-            int r = mine && !ctx ? CTG_ENOMEM
-                                 : ctg_job_process(w, mine ? mine->e : NULL, ctx, &job, why,
-                                                   sizeof why);
+            /* The model's context: activations on the CPU, or the
+             * parameters uploaded to this worker's GPU (again after a
+             * model switch or a device failure). */
+            int dev_failed = 0, r = 0;
+            if (mine && !ctx) {
+                int cr;
+                if (gc) {
+                    double tu = ctg_mono();
+                    cr = an_ctx_new_gpu(mine->e, gc, w->bf16, &ctx, why, sizeof why);
+                    if (cr == 0)
+                        log_info("worker %d: model %.16s on the GPU in %.2f s", me,
+                                 an_model_identity(mine->e), ctg_mono() - tu);
+                    else
+                        dev_failed = 1;
+                } else {
+                    cr = an_ctx_new(mine->e, &ctx);
+                    if (cr < 0) snprintf(why, sizeof why, "no model context: %s", ctg_strerror(cr));
+                }
+                if (cr < 0) {
+                    log_error("worker %s: no model context (%s): the job fails and is retried",
+                              owner, why);
+                    r = cr == CTG_EREJECT || cr == CTG_EFORMAT ? CTG_EIO : cr;
+                }
+            }
+            if (r == 0 && gc && fault_due(w)) {
+                snprintf(why, sizeof why, "GPU inference: injected GPU fault "
+                         "(CTGLIP_CUDA_FAIL_AFTER=%d, a test hook)", w->fail_after);
+                r = CTG_EIO;
+                dev_failed = 1;
+            }
+            if (r == 0) {
+                r = ctg_job_process(w, mine ? mine->e : NULL, ctx, &job, why, sizeof why);
+                if (r < 0 && an_ctx_device_failed(ctx)) dev_failed = 1;
+            }
             if (r == CTG_ENOMEM && !why[0]) snprintf(why, sizeof why, "out of memory");
             pthread_mutex_lock(&w->mu);
             w->running[me] = 0;
@@ -409,9 +533,10 @@ static void *worker_main(void *arg)
             } else {
                 int final = 0;
                 /* Bad input fails for good at once; other errors (disk,
-                 * memory) may pass and are retried with back-off. */
+                 * memory, the device) may pass and are retried with
+                 * back-off. */
                 st_retry_policy pol = w->pol;
-                if (r == CTG_EREJECT || r == CTG_EFORMAT) pol.max_attempts = 0;
+                if (!dev_failed && (r == CTG_EREJECT || r == CTG_EFORMAT)) pol.max_attempts = 0;
                 int d = st_job_fail(w->st, job.id, owner, why, now, &pol, &final);
                 if (d < 0)
                     log_warn("worker %s: job %lld failed (%s) but %s", owner,
@@ -419,6 +544,24 @@ static void *worker_main(void *arg)
                 else
                     log_warn("worker %s: job %lld %s: %s", owner, (long long)job.id,
                              final ? "failed for good" : "failed, will retry", why);
+            }
+            if (dev_failed && gc) {
+                /* The context may hold a sticky error: drop everything made
+                 * on it and start the device afresh before the next job. */
+                an_ctx_free(ctx);
+                ctx = NULL;
+                char gn[32];
+                int rr = cu_ctx_reset(gc);
+                if (rr < 0) {
+                    log_error("worker %s: resetting the %s failed (%s); opening it again", owner,
+                              gpu_name(dev, gn, sizeof gn), cu_ctx_error(gc));
+                    cu_ctx_free(gc);
+                    gc = open_device(owner, dev);
+                    if (!gc) dev_retry = ctg_mono() + dev_backoff;
+                } else {
+                    log_info("worker %s: %s context reset after a device error", owner,
+                             gpu_name(dev, gn, sizeof gn));
+                }
             }
             pthread_mutex_lock(&w->mu);
             continue;
@@ -437,6 +580,7 @@ static void *worker_main(void *arg)
     }
     pthread_mutex_unlock(&w->mu);
     an_ctx_free(ctx);
+    cu_ctx_free(gc);
     eng_release(w, mine);
     return NULL;
 }
@@ -567,6 +711,72 @@ static void check_model(ctg_workers *w)
     }
 }
 
+/* Which device each worker uses ([model] device, gpus, precision): one
+ * worker per GPU when the model runs on GPUs, else [queue] workers CPU
+ * workers.  device = cuda without a usable GPU (or naming a GPU that is
+ * not there) stops the start: the admin asked for it.  device = auto runs
+ * on the CPU then.  A GPU's usability is probed with a context made and
+ * freed here; each worker makes its own on its thread. */
+static int plan_devices(ctg_workers *w, const ctg_config *cfg)
+{
+    int ids[CTG_MAX_GPUS], k = 0;
+    char why[512] = "";
+    const char *emu = getenv("CTGLIP_CUDA_EMULATE"), *fa = getenv("CTGLIP_CUDA_FAIL_AFTER");
+    int emulate = emu && !strcmp(emu, "1");
+    int want_gpu = strcmp(cfg->device, "cpu") != 0 && cfg->model_path[0] && cfg->workers > 0;
+    w->n = cfg->workers;
+    w->bf16 = cfg->model_bf16;
+    w->fail_after = fa ? atoi(fa) : 0;
+    if (want_gpu) {
+        int count = emulate ? CTG_MAX_GPUS : cu_device_count();
+        if (count <= 0) {
+            snprintf(why, sizeof why, "no usable CUDA device%s",
+                     cu_built_with_cuda() ? "" : " (built without CUDA)");
+        } else if (cfg->n_gpus == 0) {
+            for (int i = 0; i < count && k < (emulate ? 1 : CTG_MAX_GPUS); i++) ids[k++] = i;
+        } else {
+            for (int i = 0; i < cfg->n_gpus; i++) {
+                if (cfg->gpus[i] >= count) {
+                    log_error("workers: [model] gpus names GPU %d, but there are %d (0..%d)",
+                              cfg->gpus[i], count, count - 1);
+                    return CTG_ECONFIG;
+                }
+                ids[k++] = cfg->gpus[i];
+            }
+        }
+        if (k > 0 && !emulate) {
+            cu_ctx *probe = NULL;
+            int rc = cu_ctx_new(ids[0], &probe, why, sizeof why);
+            cu_ctx_free(probe);
+            if (rc < 0) {
+                if (!why[0]) snprintf(why, sizeof why, "%s", ctg_strerror(rc));
+                k = 0;
+            }
+        }
+        if (k == 0) {
+            if (!strcmp(cfg->device, "cuda")) {
+                log_error("workers: device = cuda, but %s", why);
+                return CTG_ECONFIG;
+            }
+            log_info("workers: device = auto: %s; the model runs on the CPU", why);
+        }
+    }
+    if (k > 0) w->n = k;
+    w->dev = calloc((size_t)(w->n ? w->n : 1), sizeof *w->dev);
+    if (!w->dev) return CTG_ENOMEM;
+    for (int i = 0; i < w->n; i++) w->dev[i] = k > 0 ? (emulate ? CU_EMULATE : ids[i]) : WK_CPU;
+    /* The machine's cores shared by the workers unless set (on GPUs they
+     * only read, resample and write). */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int nw = w->n > 0 ? w->n : 1;
+    w->ops_threads = cfg->model_threads ? cfg->model_threads
+                                        : (int)(cores / nw > 0 ? cores / nw : 1);
+    if (w->n > 0)
+        log_info("workers: %d %s worker(s)%s", w->n, k > 0 ? "GPU" : "CPU",
+                 k > 0 ? (w->bf16 ? ", bf16" : ", fp32") : "");
+    return 0;
+}
+
 static int open_model(ctg_workers *w, const ctg_config *cfg)
 {
     if (!cfg->model_path[0] || cfg->workers == 0) {
@@ -585,12 +795,6 @@ static int open_model(ctg_workers *w, const ctg_config *cfg)
         .text = text_of(cfg),
         .overlap = (float)cfg->model_overlap,
     };
-    /* The machine's cores shared by the workers unless set. */
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    w->ops_threads = cfg->model_threads ? cfg->model_threads
-                                        : (int)(cores / cfg->workers > 0 ? cores / cfg->workers : 1);
-    if (!strcmp(cfg->device, "cuda"))
-        log_warn("workers: device = cuda, but the model runs on the CPU in this build");
     if (!(w->cur = eng_open(w, &w->model_st))) return CTG_EINVAL;
     ctg_model_name(w->model_path, w->model_name, sizeof w->model_name);
     return 0;
@@ -635,8 +839,10 @@ int ctg_workers_start(const ctg_config *cfg, st_store *st, ctg_workers **out)
     snprintf(w->reports, sizeof w->reports, "%s", cfg->reports);
     pthread_mutex_init(&w->mu, NULL);
     set_destinations(w, cfg);
-    int rc = open_model(w, cfg);
+    int rc = plan_devices(w, cfg);
+    if (rc == 0) rc = open_model(w, cfg);
     if (rc < 0) {
+        free(w->dev);
         pthread_mutex_destroy(&w->mu);
         pthread_cond_destroy(&w->cv);
         free(w);
@@ -650,6 +856,7 @@ int ctg_workers_start(const ctg_config *cfg, st_store *st, ctg_workers **out)
         free(w->threads);
         free(w->running);
         free(w->owners);
+        free(w->dev);
         if (w->cur) an_engine_close(w->cur->e);
         free(w->cur);
         pthread_mutex_destroy(&w->mu);
@@ -702,6 +909,7 @@ void ctg_workers_stop(ctg_workers *w)
     free(w->threads);
     free(w->running);
     free(w->owners);
+    free(w->dev);
     if (w->cur) an_engine_close(w->cur->e);
     free(w->cur);
     free(w);

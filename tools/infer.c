@@ -18,15 +18,20 @@
 #include "daemon/daemon.h"
 #include "dicom/dicom.h"
 #include "tools/tools.h"
+#include "cuda/cu.h"
+#include "cuda/cuops.h"
 
 static int usage(void)
 {
     fprintf(stderr,
             "usage: ctglip infer [--model M] [--findings F] [--vocab V] [--text train|heldout|all]\n"
-            "                    [--overlap F] [--threads N] [--out DIR] PATH...\n"
+            "                    [--overlap F] [--threads N] [--out DIR]\n"
+            "                    [--device cpu|cuda|auto] [--gpu N] [--precision bf16|fp32] PATH...\n"
             "  PATH: a DICOM study (folders or files) or one NIfTI CT volume (.nii, .nii.gz).\n"
             "  Prints the findings; DICOM input: writes DIR/seg.dcm and DIR/sr.dcm;\n"
             "  NIfTI input: writes DIR/labels.nii.gz.  DIR defaults to ./infer-out.\n"
+            "  --device: where the model runs (auto: the GPU when one is usable; cpu);\n"
+            "  --gpu: which one (0); --precision: activations on the GPU (bf16).\n"
             "  Defaults: models/default.ctglip, etc/findings.conf, models/glove100.vocab\n"
             "  (found beside the program or under $CTGLIP_HOME).\n");
     return 2;
@@ -49,7 +54,8 @@ int ctg_infer_main(int argc, char **argv)
         .overlap = 0.25f,
     };
     const char *out = "infer-out";
-    int threads = 0, first = -1;
+    int threads = 0, first = -1, gpu = 0, bf16 = 1;
+    const char *device = "cpu";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (a[0] != '-') {
@@ -69,6 +75,15 @@ int ctg_infer_main(int argc, char **argv)
         } else if (!strcmp(a, "--overlap")) {
             ao.overlap = strtof(v, &end);
             if (end == v || *end || !(ao.overlap >= 0 && ao.overlap < 1)) return usage();
+        } else if (!strcmp(a, "--device")) {
+            if (strcmp(v, "cpu") && strcmp(v, "cuda") && strcmp(v, "auto")) return usage();
+            device = v;
+        } else if (!strcmp(a, "--gpu")) {
+            gpu = (int)strtol(v, &end, 10);
+            if (end == v || *end || gpu < 0) return usage();
+        } else if (!strcmp(a, "--precision")) {
+            if (strcmp(v, "bf16") && strcmp(v, "fp32")) return usage();
+            bf16 = !strcmp(v, "bf16");
         } else if (!strcmp(a, "--threads")) {
             threads = (int)strtol(v, &end, 10);
             if (end == v || *end || threads < 1) return usage();
@@ -88,6 +103,8 @@ int ctg_infer_main(int argc, char **argv)
     ctg_vol *vol = NULL;
     an_result res;
     memset(&res, 0, sizeof res);
+    cu_ctx *gc = NULL;
+    an_ctx *ctx = NULL;
     double t0 = ctg_mono();
     if (an_engine_open(&ao, &e, why, sizeof why) < 0) {
         fprintf(stderr, "ctglip infer: %s\n", why);
@@ -97,6 +114,34 @@ int ctg_infer_main(int argc, char **argv)
     ctg_model_name(ao.model, name, sizeof name);
     fprintf(stderr, "ctglip infer: %s (%.16s) loaded in %.2f s\n", name, an_model_identity(e),
             ctg_mono() - t0);
+    /* The GPU: cuda insists, auto takes it when it opens.  (The test hook
+     * CTGLIP_CUDA_EMULATE=1 runs the GPU code path on the host.) */
+    const char *emu = getenv("CTGLIP_CUDA_EMULATE");
+    int dev = emu && !strcmp(emu, "1") ? CU_EMULATE : gpu;
+    if (strcmp(device, "cpu") != 0 && (dev == CU_EMULATE || cu_device_count() > gpu)) {
+        double tg = ctg_mono();
+        if (cu_ctx_new(dev, &gc, why, sizeof why) < 0 ||
+            an_ctx_new_gpu(e, gc, bf16, &ctx, why, sizeof why) < 0) {
+            if (!strcmp(device, "cuda")) {
+                fprintf(stderr, "ctglip infer: GPU %d: %s\n", gpu, why);
+                goto done;
+            }
+            fprintf(stderr, "ctglip infer: GPU %d not usable (%s); on the CPU\n", gpu, why);
+            an_ctx_free(ctx);
+            ctx = NULL;
+            cu_ctx_free(gc);
+            gc = NULL;
+        } else {
+            char dn[200] = "emulated on the host";
+            if (dev >= 0 && cu_device_name(dev, dn, (int)sizeof dn) < 0) dn[0] = 0;
+            fprintf(stderr, "ctglip infer: on GPU %d %s, %s (ready in %.2f s)\n", gpu, dn,
+                    bf16 ? "bf16" : "fp32", ctg_mono() - tg);
+        }
+    } else if (!strcmp(device, "cuda")) {
+        fprintf(stderr, "ctglip infer: --device cuda, but there is no GPU %d (%d found%s)\n", gpu,
+                cu_device_count(), cu_built_with_cuda() ? "" : "; built without CUDA");
+        goto done;
+    }
 
     if (argc - first == 1 && is_nifti(argv[first])) {
         if (ctg_nifti_read(argv[first], CTG_F32, &vol, why, sizeof why) < 0 ||
@@ -104,7 +149,7 @@ int ctg_infer_main(int argc, char **argv)
             fprintf(stderr, "ctglip infer: %s: %s\n", argv[first], why[0] ? why : "bad volume");
             goto done;
         }
-        if (an_run(e, NULL, vol, &res, why, sizeof why) < 0) {
+        if (an_run(e, ctx, vol, &res, why, sizeof why) < 0) {
             fprintf(stderr, "ctglip infer: %s\n", why);
             goto done;
         }
@@ -131,7 +176,7 @@ int ctg_infer_main(int argc, char **argv)
     }
     ctg_analysis an;
     ctg_analyze_opts o = {.model_name = name, .dir = out, .predecessor_sr = NULL};
-    if (ctg_analyze_study(e, NULL, (const char *const *)files.v, (int)files.n, &o, &an, why,
+    if (ctg_analyze_study(e, ctx, (const char *const *)files.v, (int)files.n, &o, &an, why,
                           sizeof why) < 0) {
         fprintf(stderr, "ctglip infer: %s\n", why);
         goto done;
@@ -147,6 +192,8 @@ int ctg_infer_main(int argc, char **argv)
     ctg_analysis_free(&an);
     status = 0;
 done:
+    an_ctx_free(ctx);
+    cu_ctx_free(gc);
     an_result_free(&res);
     ctg_vol_free(vol);
     ctg_file_list_free(&files);

@@ -62,6 +62,7 @@
 #include "tools/tools.h"
 #include "tools/train.h"
 #include "tools/train_eval.h"
+#include "cuda/cu.h"
 
 typedef struct rt_opts {
     const char *conf, *work, *labels;
@@ -76,6 +77,9 @@ typedef struct rt_opts {
     int dry_run;
     int threads;
     double deadline;     /* epoch seconds; 0: none */
+    const char *device;  /* cpu, cuda, auto; NULL: [model] device */
+    int gpu;             /* < 0: the first of [model] gpus */
+    int bf16;            /* < 0: [model] precision */
 } rt_opts;
 
 static volatile int g_stop;
@@ -537,6 +541,17 @@ static int run(const rt_opts *o)
     to.stop = &g_stop;
     to.log_every = 50;
     {
+        /* The device: the daemon's [model] settings unless given. */
+        const char *dv = o->device ? o->device : cfg.device;
+        const char *emu = getenv("CTGLIP_CUDA_EMULATE"); /* test hook */
+        int have = cu_device_count() > 0 || (emu && !strcmp(emu, "1"));
+        to.device = !strcmp(dv, "cuda") || (!strcmp(dv, "auto") && have) ? TRN_CUDA : TRN_CPU;
+        to.gpu = o->gpu >= 0 ? o->gpu : cfg.n_gpus > 0 ? cfg.gpus[0] : 0;
+        to.bf16 = o->bf16 >= 0 ? o->bf16 : cfg.model_bf16;
+        if (to.device == TRN_CUDA)
+            printf("ctglip-retrain: fine-tuning on GPU %d (%s)\n", to.gpu, to.bf16 ? "bf16" : "fp32");
+    }
+    {
         /* The network's own shape: the trainer takes it from the model. */
         mdl_model *m = NULL;
         if (mdl_load(cfg.model_path, &m, why, sizeof why) < 0) {
@@ -673,24 +688,27 @@ static void usage(FILE *f)
             "                      [--labels DIR] [--steps N] [--lr F] [--margin F]\n"
             "                      [--holdout PCT] [--phantoms N] [--min-cases N]\n"
             "                      [--deadline HH:MM] [--threads N] [--dry-run]\n"
+            "                      [--device cpu|cuda|auto] [--gpu N] [--precision bf16|fp32]\n"
             "  Fine-tunes the model in service on the studies with final reports received\n"
             "  since the last run and publishes it if the gate passes (README: Overnight\n"
             "  retraining).  Defaults: -c /etc/ctglip/ctglipd.conf, --work var/retrain,\n"
             "  --steps 400, --lr 1e-4, --margin 0.02, --holdout 20, --phantoms 8,\n"
-            "  --min-cases 4.\n");
+            "  --min-cases 4; the device, GPU and precision of the config's [model]\n"
+            "  (device, the first of gpus, precision).\n");
 }
 
 int ctg_retrain_main(int argc, char **argv)
 {
     rt_opts o = {.conf = "/etc/ctglip/ctglipd.conf", .work = "var/retrain", .since = -1,
                  .steps = 400, .lr = 1e-4f, .margin = 0.02, .holdout_pct = 20, .phantoms = 8,
-                 .min_cases = 4};
+                 .min_cases = 4, .gpu = -1, .bf16 = -1};
     static const struct option lo[] = {
         {"work", 1, 0, 'w'},     {"days", 1, 0, 'D'},   {"since", 1, 0, 'S'},
         {"labels", 1, 0, 'L'},   {"steps", 1, 0, 's'},  {"lr", 1, 0, 'l'},
         {"margin", 1, 0, 'm'},   {"holdout", 1, 0, 'H'}, {"phantoms", 1, 0, 'P'},
         {"min-cases", 1, 0, 'M'}, {"deadline", 1, 0, 'd'}, {"threads", 1, 0, 't'},
-        {"dry-run", 0, 0, 'n'},  {"help", 0, 0, 'h'},  {0, 0, 0, 0}};
+        {"dry-run", 0, 0, 'n'},  {"help", 0, 0, 'h'},  {"device", 1, 0, 'G'},
+        {"gpu", 1, 0, 'g'},      {"precision", 1, 0, 'p'}, {0, 0, 0, 0}};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "c:h", lo, NULL)) != -1) {
@@ -714,6 +732,21 @@ int ctg_retrain_main(int argc, char **argv)
             break;
         case 't': o.threads = atoi(optarg); break;
         case 'n': o.dry_run = 1; break;
+        case 'G':
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto")) {
+                usage(stderr);
+                return 2;
+            }
+            o.device = optarg;
+            break;
+        case 'g': o.gpu = atoi(optarg); break;
+        case 'p':
+            if (strcmp(optarg, "bf16") && strcmp(optarg, "fp32")) {
+                usage(stderr);
+                return 2;
+            }
+            o.bf16 = !strcmp(optarg, "bf16");
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

@@ -21,7 +21,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "core/core.h"
@@ -30,6 +33,9 @@
 #include "core/ops.h"
 #include "core/organs.h"
 #include "core/text.h"
+#include "cuda/cu.h"
+#include "cuda/cucomm.h"
+#include "cuda/cunet.h"
 #include "tools/train_data.h"
 
 static void *xmalloc(size_t n)
@@ -91,6 +97,10 @@ void trn_opts_default(trn_opts *o)
     o->min_voxels = 8;
     o->cache_bytes = (size_t)2 << 30;
     o->log_every = 10;
+    o->device = TRN_CPU;
+    o->bf16 = 1;
+    o->rank = 0;
+    o->world = 1;
 }
 
 /* ---- checkpoint ------------------------------------------------------------------- */
@@ -318,7 +328,14 @@ typedef struct run {
     txt_encoder *enc;
     txt_cache *tc;
     mdl_model *m;
-    mdl_acts *a;
+    mdl_acts *a;     /* CPU */
+    cu_ctx *gc;      /* GPU: the context, the model's device copy, activations */
+    cu_model *g;
+    cu_acts *ga;
+    cu_comm *comm;   /* data parallel (world > 1) */
+    int nb, b0;      /* this rank's samples of each batch: [b0, b0 + nb) */
+    int p;           /* patch side */
+    size_t s;        /* voxels of a patch */
     glp_dict *dict;
     int tdim;        /* raw text dimension */
     int e;           /* embedding dimension */
@@ -389,14 +406,110 @@ typedef struct parts {
     int rows;
 } parts;
 
-/* One training step t: sample, forward, losses, backward, AdamW. */
+/* ---- the network on its device ------------------------------------------------------ */
+
+/* A device call's result, with the device's reason logged on failure. */
+static int dev_rc(run *r, int rc, const char *what)
+{
+    if (rc < 0) log_error("GPU: %s: %s", what, r->gc && cu_ctx_error(r->gc)[0]
+                                                   ? cu_ctx_error(r->gc) : ctg_strerror(rc));
+    return rc;
+}
+
+static float *net_embed(run *r) { return r->g ? r->ga->embed : r->a->embed; }
+static const int64_t *net_count(run *r) { return r->g ? r->ga->count : r->a->count; }
+static float *net_dembed(run *r) { return r->g ? r->ga->dembed : r->a->dembed; }
+
+static int net_forward(run *r, const float *img, const uint8_t *lab)
+{
+    if (!r->g) return mdl_forward(r->m, r->a, img, lab);
+    return dev_rc(r, cu_forward(r->g, r->ga, img, lab), "forward");
+}
+
+static void net_zero_grad(run *r)
+{
+    if (r->g) dev_rc(r, cu_model_zero_grad(r->g), "zeroing the gradients");
+    else mdl_zero_grad(r->m);
+}
+
+static int net_seg_loss(run *r, const uint8_t *lab, float w, float *ce, float *dice)
+{
+    if (!r->g) return mdl_seg_loss(r->m, r->a, lab, w, ce, dice);
+    return dev_rc(r, cu_seg_loss(r->g, r->ga, lab, w, ce, dice), "segmentation loss");
+}
+
+static int net_text_forward(run *r, float *out, float *norm, const float *in, int rows)
+{
+    if (!r->g) return mdl_text_forward(r->m, out, norm, in, rows);
+    return dev_rc(r, cu_text_forward(r->g, out, norm, in, rows), "text forward");
+}
+
+static int net_text_backward(run *r, const float *dout, const float *out, const float *norm,
+                             const float *in, int rows)
+{
+    if (!r->g) return mdl_text_backward(r->m, dout, out, norm, in, rows);
+    return dev_rc(r, cu_text_backward(r->g, dout, out, norm, in, rows), "text backward");
+}
+
+static int net_backward(run *r, int with_dlogits)
+{
+    if (!r->g) return mdl_backward(r->m, r->a, r->a->dlogits, r->a->dembed);
+    return dev_rc(r, cu_backward(r->g, r->ga, with_dlogits, r->ga->dembed), "backward");
+}
+
+/* Averages the gradients over the ranks, clips their norm and takes the
+ * AdamW step t. */
+static int net_step(run *r, long t)
+{
+    const trn_opts *o = r->o;
+    mdl_model *m = r->m;
+    op_adamw_cfg ac = op_adamw_defaults();
+    ac.lr = o->lr;
+    ac.min_lr = o->min_lr;
+    ac.weight_decay = o->wd;
+    ac.warmup_steps = o->warmup;
+    ac.total_steps = o->steps;
+    int rc;
+    if (r->g) {
+        if (r->comm && (rc = cu_comm_allreduce_dev(r->comm, r->gc, cu_model_grads(r->g),
+                                                   m->n_params, CU_COMM_MEAN)) < 0) {
+            log_error("all-reduce of the gradients: %s", cu_comm_error(r->comm));
+            return rc;
+        }
+        return dev_rc(r, cu_model_step(r->g, t, &ac, o->clip_grad > 0 ? o->clip_grad : 0, NULL),
+                      "optimizer step");
+    }
+    if (r->comm && (rc = cu_comm_allreduce(r->comm, m->grads, m->n_params, CU_COMM_MEAN)) < 0) {
+        log_error("all-reduce of the gradients: %s", cu_comm_error(r->comm));
+        return rc;
+    }
+    /* Clip the gradient norm, then one AdamW step on the schedule. */
+    if (o->clip_grad > 0) {
+        double gn = op_grad_norm_cpu(m->grads, m->n_params);
+        if (gn > o->clip_grad) op_scale_cpu(m->grads, m->n_params, (float)(o->clip_grad / gn));
+    }
+    op_adamw_step_cpu(m->params, m->grads, m->adam_m, m->adam_v, m->n_params, t, &ac);
+    m->identity[0] = 0;
+    return 0;
+}
+
+/* The host model up to date with the device's (before a checkpoint or
+ * the model file): parameters and, with all, the moments. */
+static int net_sync_host(run *r, int all)
+{
+    if (!r->g) return 0;
+    return dev_rc(r, cu_model_download(r->g, all), "downloading the parameters");
+}
+
+/* One training step t: sample, forward, losses, backward, AdamW.  Every
+ * rank draws the whole batch from the step's generator (so a data-parallel
+ * run sees the samples a single process would) and trains on its share. */
 static int step_once(run *r, long t, float *img, uint8_t *lab, uint8_t *pool, parts *pt)
 {
     const trn_opts *o = r->o;
     mdl_model *m = r->m;
-    mdl_acts *a = r->a;
-    const int B = o->batch, K1 = m->cfg.n_classes + 1, E = r->e, TD = r->tdim;
-    const size_t S = a->s;
+    const int B = o->batch, NB = r->nb, K1 = m->cfg.n_classes + 1, E = r->e, TD = r->tdim;
+    const size_t S = r->s;
     const td_case *cs[64] = {0};
     int stage2 = t > o->stage1_steps;
     int rc = 0;
@@ -425,23 +538,30 @@ static int step_once(run *r, long t, float *img, uint8_t *lab, uint8_t *pool, pa
             }
         }
         rc = td_sample_patch(cs[b], &r->topt, &rng, img + (size_t)b * S, lab + (size_t)b * S,
-                             a->d, a->h, a->w);
+                             r->p, r->p, r->p);
         if (rc != 0) goto fail;
     }
+    /* This rank's share. */
+    const td_case **cb = cs + r->b0;
+    float *ib = img + (size_t)r->b0 * S;
+    uint8_t *lb = lab + (size_t)r->b0 * S;
 
     int clip = stage2 && (o->losses & TRN_L_CLIP);
-    rc = mdl_forward(m, a, img, clip ? pool : lab);
+    rc = net_forward(r, ib, clip ? pool : lb);
     if (rc != 0) goto fail;
-    mdl_zero_grad(m);
+    net_zero_grad(r);
     if (o->w_seg > 0) {
-        rc = mdl_seg_loss(m, a, lab, o->w_seg, &pt->ce, &pt->dice);
+        rc = net_seg_loss(r, lb, o->w_seg, &pt->ce, &pt->dice);
         if (rc != 0) goto fail;
         pt->total += o->w_seg * (pt->ce + pt->dice);
     }
+    const float *embed = net_embed(r);
+    const int64_t *count = net_count(r);
+    float *dembed = net_dembed(r);
 
     /* Text-side buffers live only for this step. */
     int nr = 0, nd = r->dict && stage2 && (o->losses & TRN_L_AT) ? r->dict->n : 0;
-    int cap = B * K1;
+    int cap = NB * K1;
     int *rb = xmalloc(sizeof(int) * (size_t)cap), *rc_ = xmalloc(sizeof(int) * (size_t)cap);
     float *rimg = xmalloc(sizeof(float) * (size_t)cap * E);
     float *dimg = xmalloc(sizeof(float) * (size_t)cap * E);
@@ -456,30 +576,30 @@ static int step_once(run *r, long t, float *img, uint8_t *lab, uint8_t *pool, pa
     if (clip) {
         /* Vanilla CLIP: the whole patch (pooled as class 1 everywhere)
          * against its case's whole report. */
-        for (int b = 0; b < B; b++) {
-            const char *rep = cs[b]->report;
+        for (int b = 0; b < NB; b++) {
+            const char *rep = cb[b]->report;
             if (!rep || !rep[0]) continue;
             rc = txt_encode(r->enc, rep, raw + (size_t)nr * TD);
             if (rc != 0) goto done;
-            memcpy(rimg + (size_t)nr * E, a->embed + ((size_t)b * K1 + 1) * E, sizeof(float) * E);
+            memcpy(rimg + (size_t)nr * E, embed + ((size_t)b * K1 + 1) * E, sizeof(float) * E);
             cols[nr] = (glp_text){rep, 0, -1};
             rb[nr] = b, rc_[nr] = 1;
             nr++;
         }
-        rc = mdl_text_forward(m, txt, nrm, raw, nr);
+        rc = net_text_forward(r, txt, nrm, raw, nr);
         if (rc != 0) goto done;
         glp_at_mask(cols, nr, nr, mask);
         rc = glp_pair_loss(&pt->clip, rimg, txt, mask, nr, nr, E, o->tau, o->w_clip, dimg, dtxt);
         if (rc != 0) goto done;
         pt->total += o->w_clip * pt->clip;
-        rc = mdl_text_backward(m, dtxt, txt, nrm, raw, nr);
+        rc = net_text_backward(r, dtxt, txt, nrm, raw, nr);
         if (rc != 0) goto done;
     } else if (stage2 && (o->losses & (TRN_L_OT | TRN_L_AT))) {
-        for (int b = 0; b < B; b++)
+        for (int b = 0; b < NB; b++)
             for (int c = 1; c < K1; c++)
-                if (a->count[(size_t)b * K1 + c] >= o->min_voxels) {
+                if (count[(size_t)b * K1 + c] >= o->min_voxels) {
                     rb[nr] = b, rc_[nr] = c;
-                    memcpy(rimg + (size_t)nr * E, a->embed + ((size_t)b * K1 + c) * E,
+                    memcpy(rimg + (size_t)nr * E, embed + ((size_t)b * K1 + c) * E,
                            sizeof(float) * E);
                     nr++;
                 }
@@ -487,21 +607,21 @@ static int step_once(run *r, long t, float *img, uint8_t *lab, uint8_t *pool, pa
             for (int i = 0; i < nr; i++)
                 memcpy(raw + (size_t)i * TD, r->organ_raw + (size_t)rc_[i] * TD,
                        sizeof(float) * TD);
-            rc = mdl_text_forward(m, txt, nrm, raw, nr);
+            rc = net_text_forward(r, txt, nrm, raw, nr);
             if (rc != 0) goto done;
             glp_ot_mask(rc_, nr, mask);
             memset(dtxt, 0, sizeof(float) * (size_t)nr * E);
             rc = glp_pair_loss(&pt->ot, rimg, txt, mask, nr, nr, E, o->tau, o->w_ot, dimg, dtxt);
             if (rc != 0) goto done;
             pt->total += o->w_ot * pt->ot;
-            rc = mdl_text_backward(m, dtxt, txt, nrm, raw, nr);
+            rc = net_text_backward(r, dtxt, txt, nrm, raw, nr);
             if (rc != 0) goto done;
         }
         if (o->losses & TRN_L_AT) {
             /* Each organ's positive: one of its findings (a seeded pick) or
              * the normal template; then the dictionary as extra negatives. */
             for (int i = 0; i < nr; i++) {
-                const td_case *c = cs[rb[i]];
+                const td_case *c = cb[rb[i]];
                 int nf = 0, pick[TD_MAX_FINDINGS];
                 for (int j = 0; j < c->nfindings; j++)
                     if (c->findings[j].cls == rc_[i]) pick[nf++] = j;
@@ -531,7 +651,7 @@ static int step_once(run *r, long t, float *img, uint8_t *lab, uint8_t *pool, pa
                 memcpy(raw + (size_t)(nr + j) * TD, r->dict->emb + (size_t)j * TD,
                        sizeof(float) * TD);
             }
-            rc = mdl_text_forward(m, txt, nrm, raw, nr + nd);
+            rc = net_text_forward(r, txt, nrm, raw, nr + nd);
             if (rc != 0) goto done;
             glp_at_mask(cols, nr, nr + nd, mask);
             memset(dtxt, 0, sizeof(float) * (size_t)(nr + nd) * E);
@@ -539,29 +659,16 @@ static int step_once(run *r, long t, float *img, uint8_t *lab, uint8_t *pool, pa
                                dtxt);
             if (rc != 0) goto done;
             pt->total += o->w_at * pt->at;
-            rc = mdl_text_backward(m, dtxt, txt, nrm, raw, nr + nd);
+            rc = net_text_backward(r, dtxt, txt, nrm, raw, nr + nd);
             if (rc != 0) goto done;
         }
     }
     for (int i = 0; i < nr; i++)
-        op_acc_cpu(a->dembed + ((size_t)rb[i] * K1 + rc_[i]) * E, dimg + (size_t)i * E, (size_t)E);
+        op_acc_cpu(dembed + ((size_t)rb[i] * K1 + rc_[i]) * E, dimg + (size_t)i * E, (size_t)E);
     pt->rows = nr;
-    rc = mdl_backward(m, a, a->dlogits, a->dembed);
+    rc = net_backward(r, o->w_seg > 0);
     if (rc != 0) goto done;
-
-    /* Clip the gradient norm, then one AdamW step on the schedule. */
-    if (o->clip_grad > 0) {
-        double gn = op_grad_norm_cpu(m->grads, m->n_params);
-        if (gn > o->clip_grad) op_scale_cpu(m->grads, m->n_params, (float)(o->clip_grad / gn));
-    }
-    op_adamw_cfg ac = op_adamw_defaults();
-    ac.lr = o->lr;
-    ac.min_lr = o->min_lr;
-    ac.weight_decay = o->wd;
-    ac.warmup_steps = o->warmup;
-    ac.total_steps = o->steps;
-    op_adamw_step_cpu(m->params, m->grads, m->adam_m, m->adam_v, m->n_params, t, &ac);
-    m->identity[0] = 0;
+    rc = net_step(r, t);
 done:
     free(rb), free(rc_), free(rimg), free(dimg), free(raw), free(txt), free(dtxt), free(nrm);
     free(mask), free(cols), free(sent);
@@ -620,7 +727,28 @@ int trn_run(const trn_opts *o)
         log_error("--loss clip cannot be combined with ot or at (they pool differently)");
         return CTG_EINVAL;
     }
-    if (o->threads > 0) op_set_threads(o->threads);
+    int world = o->world > 0 ? o->world : 1, rank = o->rank;
+    if (rank < 0 || rank >= world || o->batch % world != 0) {
+        log_error("bad options: rank %d of %d, and the batch (%d) must split evenly over the ranks",
+                  rank, world, o->batch);
+        return CTG_EINVAL;
+    }
+    r->nb = o->batch / world;
+    r->b0 = rank * r->nb;
+    int lead = rank == 0; /* writes the log, checkpoints and the model */
+    if (o->threads > 0) {
+        op_set_threads(o->threads);
+    } else if (world > 1 && o->device == TRN_CPU) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        op_set_threads((int)(cores / world > 0 ? cores / world : 1));
+    }
+    if (world > 1) {
+        rc = cu_comm_open(o->comm_dir, rank, world, 600, &r->comm, why, sizeof why);
+        if (rc != 0) {
+            log_error("rank %d of %d: %s", rank, world, why);
+            return rc;
+        }
+    }
     rc = ctg_mkdirs(o->out);
     if (rc != 0) {
         log_syserr(rc, "mkdir", "%s", o->out);
@@ -720,25 +848,63 @@ int trn_run(const trn_opts *o)
         rc = build_dict(r);
         if (rc != 0) goto fail;
     }
-    rc = mdl_acts_new(m, o->batch, effp, effp, effp, &r->a);
-    if (rc != 0) {
-        log_error("activations for batch %d patch %d: %s", o->batch, effp, ctg_strerror(rc));
-        goto fail;
+    r->p = effp;
+    r->s = (size_t)effp * effp * effp;
+    if (o->device == TRN_CUDA) {
+        /* The GPU: the host model stays the owner of the parameters and
+         * the checkpoint format; the device copy trains. */
+        const char *emu = getenv("CTGLIP_CUDA_EMULATE"); /* test hook */
+        int dev = emu && !strcmp(emu, "1") ? CU_EMULATE : o->gpu;
+        rc = cu_ctx_new(dev, &r->gc, why, sizeof why);
+        if (rc != 0) {
+            log_error("GPU %d: %s", o->gpu, why);
+            goto fail;
+        }
+        rc = cu_model_new(r->gc, m, o->bf16 ? CU_BF16 : CU_F32, 1, &r->g, why, sizeof why);
+        if (rc != 0) {
+            log_error("the model on GPU %d: %s", o->gpu, why);
+            goto fail;
+        }
+        rc = cu_acts_new(r->g, r->nb, effp, effp, effp, &r->ga);
+        if (rc != 0) {
+            dev_rc(r, rc, "activations");
+            log_error("activations for batch %d patch %d on the GPU: %s", r->nb, effp,
+                      ctg_strerror(rc));
+            goto fail;
+        }
+        if (r->comm && !cu_ctx_emulated(r->gc) &&
+            cu_comm_use_nccl(r->comm, r->gc, why, sizeof why) != 0)
+            log_warn("rank %d: %s; gradients go through host memory", rank, why);
+        if (lead && !o->quiet) {
+            char name[200] = "emulated on the host (CTGLIP_CUDA_EMULATE)";
+            if (dev >= 0 && cu_device_name(dev, name, (int)sizeof name) < 0) name[0] = 0;
+            fprintf(stderr, "ctglip-train: GPU %d %s, %s, %zu MiB of activations%s%s\n", o->gpu,
+                    name, o->bf16 ? "bf16" : "fp32", cu_acts_bytes(r->ga) >> 20,
+                    r->comm ? ", gradients over " : "", r->comm ? cu_comm_backend(r->comm) : "");
+        }
+    } else {
+        rc = mdl_acts_new(m, r->nb, effp, effp, effp, &r->a);
+        if (rc != 0) {
+            log_error("activations for batch %d patch %d: %s", r->nb, effp, ctg_strerror(rc));
+            goto fail;
+        }
     }
-    size_t S = r->a->s;
+    if (lead && !o->quiet && r->comm)
+        fprintf(stderr, "ctglip-train: %d ranks, %d sample(s) each per step\n", world, r->nb);
+    size_t S = r->s;
     img = xmalloc(sizeof(float) * S * (size_t)o->batch);
     lab = xmalloc(S * (size_t)o->batch);
     pool = xmalloc(S * (size_t)o->batch);
     memset(pool, 1, S * (size_t)o->batch);
 
     snprintf(path, sizeof path, "%s/train.csv", o->out);
-    r->csv = csv_open(path, start);
-    if (!r->csv) {
+    r->csv = lead ? csv_open(path, start) : NULL;
+    if (lead && !r->csv) {
         rc = ctg_errno(errno);
         log_syserr(rc, "fopen", "%s", path);
         goto fail;
     }
-    if (!o->quiet)
+    if (!o->quiet && lead)
         fprintf(stderr,
                 "ctglip-train: %d cases, %d classes, %zu parameters, steps %ld..%ld "
                 "(stage 1 to %ld), batch %d, patch %d^3, dictionary %d\n",
@@ -753,6 +919,23 @@ int trn_run(const trn_opts *o)
             log_error("step %ld: %s", t, ctg_strerror(rc));
             goto fail;
         }
+        /* Every rank stops at the same step: the deadline and a stop
+         * request count when any rank sees them. */
+        int stop_now = t < o->steps && ((o->deadline > 0 && ctg_now() >= o->deadline) ||
+                                        (o->stop && *o->stop));
+        if (r->comm) {
+            /* The loss of the whole batch: the mean of the ranks' parts. */
+            float v[8] = {pt.total, pt.ce, pt.dice, pt.ot, pt.at, pt.clip, (float)pt.rows,
+                          (float)stop_now};
+            if ((rc = cu_comm_allreduce(r->comm, v, 8, CU_COMM_SUM)) != 0) {
+                log_error("step %ld: %s", t, cu_comm_error(r->comm));
+                goto fail;
+            }
+            pt.total = v[0] / world, pt.ce = v[1] / world, pt.dice = v[2] / world;
+            pt.ot = v[3] / world, pt.at = v[4] / world, pt.clip = v[5] / world;
+            pt.rows = (int)lrintf(v[6]);
+            stop_now = v[7] > 0.5f;
+        }
         if (!isfinite(pt.total)) {
             log_error("step %ld: the loss is not finite", t);
             rc = CTG_ESTATE;
@@ -761,6 +944,13 @@ int trn_run(const trn_opts *o)
         op_adamw_cfg ac = op_adamw_defaults();
         ac.lr = o->lr, ac.min_lr = o->min_lr, ac.warmup_steps = o->warmup, ac.total_steps = o->steps;
         double lr = op_lr_at(&ac, t), dt = ctg_mono() - ts;
+        if (!lead) {
+            if (t == o->stop_at || stop_now) {
+                rc = t == o->stop_at ? 0 : TRN_STOPPED;
+                goto fail;
+            }
+            continue;
+        }
         fprintf(r->csv, "%ld,%d,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%d,%.3f\n", t,
                 t > o->stage1_steps ? 2 : 1, lr, pt.total, pt.ce, pt.dice, pt.ot, pt.at, pt.clip,
                 pt.rows, dt);
@@ -777,26 +967,27 @@ int trn_run(const trn_opts *o)
         }
         if ((o->ckpt_every > 0 && t % o->ckpt_every == 0 && t < o->steps) || t == o->stop_at) {
             snprintf(path, sizeof path, "%s/ckpt.bin", o->out);
-            rc = ck_save(path, m, o, t);
-            if (rc != 0) goto fail;
+            if ((rc = net_sync_host(r, 1)) != 0 || (rc = ck_save(path, m, o, t)) != 0) goto fail;
         }
         if (t == o->stop_at) {
             if (!o->quiet) fprintf(stderr, "ctglip-train: stopped after step %ld (--stop-at)\n", t);
             goto fail;
         }
-        if (t < o->steps && ((o->deadline > 0 && ctg_now() >= o->deadline) || (o->stop && *o->stop))) {
+        if (stop_now) {
             snprintf(path, sizeof path, "%s/ckpt.bin", o->out);
-            rc = ck_save(path, m, o, t);
-            if (rc != 0) goto fail;
+            if ((rc = net_sync_host(r, 1)) != 0 || (rc = ck_save(path, m, o, t)) != 0) goto fail;
             log_info("ctglip-train: %s after step %ld of %ld; resume from %s",
                      o->stop && *o->stop ? "asked to stop" : "deadline reached", t, o->steps, path);
             rc = TRN_STOPPED;
             goto fail;
         }
     }
+    if (!lead) {
+        rc = 0;
+        goto fail;
+    }
     snprintf(path, sizeof path, "%s/ckpt.bin", o->out);
-    rc = ck_save(path, m, o, o->steps);
-    if (rc != 0) goto fail;
+    if ((rc = net_sync_host(r, 1)) != 0 || (rc = ck_save(path, m, o, o->steps)) != 0) goto fail;
     snprintf(path, sizeof path, "%s/model.ctglip", o->out);
     if ((rc = stamp_model(m, o, r->topt.spacing)) < 0) goto fail;
     rc = mdl_save(m, path, why, sizeof why);
@@ -814,6 +1005,10 @@ fail:
     if (r->csv) fclose(r->csv);
     free(img), free(lab), free(pool);
     mdl_acts_free(r->a);
+    cu_acts_free(r->ga);
+    cu_model_free(r->g);
+    cu_ctx_free(r->gc);
+    cu_comm_close(r->comm);
     glp_dict_free(r->dict);
     td_cache_close(r->cache);
     td_manifest_free(r->man);
@@ -844,7 +1039,13 @@ static void usage(FILE *f, const char *cmd)
             "  --dict N           abnormality dictionary size (512; 0: none)\n"
             "  --w-ot --w-at --w-seg --w-clip W --tau T\n"
             "  --vocab FILE --threads T --cache-mb MB --log-every N --quiet\n"
-            "  --stop-at N        stop after step N with a checkpoint (to test resume)\n",
+            "  --stop-at N        stop after step N with a checkpoint (to test resume)\n"
+            "  --device cpu|cuda  where to train (cpu)\n"
+            "  --gpus LIST        cuda: the GPUs, e.g. 0 or 0,1 (0); several GPUs train\n"
+            "                     data-parallel, one process each (NCCL when it loads)\n"
+            "  --precision bf16|fp32   cuda: activations' type (bf16)\n"
+            "  --ranks N          cpu: N processes training data-parallel (1)\n"
+            "                     (the batch must split evenly over the GPUs or ranks)\n",
             cmd, strcmp(cmd, "finetune") == 0 ? " --model M" : "");
 }
 
@@ -888,6 +1089,131 @@ static int parse_organs(const char *s, trn_opts *o)
     return bad || o->norgans == 0 ? -1 : 0;
 }
 
+/* "0,1" -> ids; the count, or -1. */
+static int parse_gpus(const char *s, int *ids)
+{
+    char buf[256];
+    int n = 0;
+    if (strlen(s) >= sizeof buf) return -1;
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *sv = NULL, *tok = strtok_r(buf, ",", &sv); tok; tok = strtok_r(NULL, ",", &sv)) {
+        char *end;
+        long v = strtol(tok, &end, 10);
+        if (end == tok || *end || v < 0 || v > 63 || n == TRN_MAX_GPUS) return -1;
+        for (int i = 0; i < n; i++)
+            if (ids[i] == v) return -1;
+        ids[n++] = (int)v;
+    }
+    return n > 0 ? n : -1;
+}
+
+static volatile sig_atomic_t g_nkids;
+static pid_t g_kids[TRN_MAX_GPUS];
+
+/* The launcher passes SIGTERM and SIGINT on to its ranks. */
+static void on_launcher_signal(int sig)
+{
+    for (int i = 0; i < g_nkids; i++)
+        if (g_kids[i] > 0) kill(g_kids[i], sig);
+}
+
+/* Data parallel: runs this program again once per rank, with the same
+ * arguments plus --rank R --world W --comm-dir DIR (a fresh folder for
+ * the ranks' sockets), and waits.  When a rank fails the others are
+ * stopped (they would wait for it).  Returns the exit status. */
+static int launch_ranks(int argc, char **argv, int world)
+{
+    char exe[4096], dir[256];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0) {
+        fprintf(stderr, "ctglip-train: cannot find my own program to start the ranks\n");
+        return 1;
+    }
+    exe[len] = 0;
+    const char *base = strrchr(exe, '/');
+    if (strncmp(base ? base + 1 : exe, "ctglip-train", 12) != 0) {
+        fprintf(stderr, "ctglip-train: data-parallel runs are started by ctglip-train itself\n");
+        return 1;
+    }
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, sizeof dir, "%s/ctglip-train.XXXXXX",
+             tmp && tmp[0] && strlen(tmp) < 60 ? tmp : "/tmp");
+    if (!mkdtemp(dir)) {
+        fprintf(stderr, "ctglip-train: mkdtemp %s: %s\n", dir, strerror(errno));
+        return 1;
+    }
+    char **av = xmalloc(sizeof(char *) * (size_t)(argc + 10));
+    char rs[16], ws[16];
+    snprintf(ws, sizeof ws, "%d", world);
+    av[0] = "ctglip-train";
+    for (int i = 0; i < argc; i++) av[i + 1] = argv[i];
+    int k = argc + 1;
+    av[k++] = "--rank";
+    av[k++] = rs;
+    av[k++] = "--world";
+    av[k++] = ws;
+    av[k++] = "--comm-dir";
+    av[k++] = dir;
+    av[k] = NULL;
+    struct sigaction sa, old_term, old_int;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_launcher_signal;
+    sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGINT, &sa, &old_int);
+    fflush(NULL);
+    int status = 0;
+    for (int r = 0; r < world; r++) {
+        snprintf(rs, sizeof rs, "%d", r);
+        pid_t pid = fork();
+        if (pid == 0) {
+            execv(exe, av);
+            fprintf(stderr, "ctglip-train: exec %s: %s\n", exe, strerror(errno));
+            _exit(127);
+        }
+        if (pid < 0) {
+            fprintf(stderr, "ctglip-train: fork: %s\n", strerror(errno));
+            status = 1;
+            break;
+        }
+        g_kids[r] = pid;
+        g_nkids = r + 1;
+    }
+    if (status) on_launcher_signal(SIGTERM);
+    for (int left = g_nkids; left > 0;) {
+        int st;
+        pid_t pid = waitpid(-1, &st, 0);
+        if (pid < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        int r = -1;
+        for (int i = 0; i < g_nkids; i++)
+            if (g_kids[i] == pid) r = i;
+        if (r < 0) continue;
+        g_kids[r] = 0;
+        left--;
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            if (!status)
+                fprintf(stderr, "ctglip-train: rank %d %s %d; stopping the others\n", r,
+                        WIFEXITED(st) ? "exited with status" : "was killed by signal",
+                        WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+            status = 1;
+            on_launcher_signal(SIGTERM);
+        }
+    }
+    g_nkids = 0;
+    sigaction(SIGTERM, &old_term, NULL);
+    sigaction(SIGINT, &old_int, NULL);
+    for (int r = 0; r < world; r++) { /* sockets of ranks that were killed */
+        char p[300];
+        snprintf(p, sizeof p, "%s/rank%d.sock", dir, r);
+        unlink(p);
+    }
+    rmdir(dir);
+    free(av);
+    return status;
+}
+
 static int train_main(int argc, char **argv, int finetune)
 {
     trn_opts o;
@@ -897,7 +1223,8 @@ static int train_main(int argc, char **argv, int finetune)
         O_DATA = 256, O_OUT, O_STEPS, O_S1, O_BATCH, O_PATCH, O_SPACING, O_WIDTH, O_DEPTH,
         O_EMBED, O_NOPROJ, O_LR, O_MINLR, O_WD, O_CLIPG, O_WARMUP, O_SEED, O_CKPT, O_RESUME,
         O_ORGANS, O_LOSS, O_DICT, O_WOT, O_WAT, O_WSEG, O_WCLIP, O_TAU, O_VOCAB, O_THREADS,
-        O_CACHE, O_LOGEV, O_QUIET, O_MODEL, O_STOP, O_HELP
+        O_CACHE, O_LOGEV, O_QUIET, O_MODEL, O_STOP, O_HELP, O_DEVICE, O_GPUS, O_PREC, O_RANKS,
+        O_RANK, O_WORLD, O_COMMDIR
     };
     static const struct option lo[] = {
         {"data", 1, 0, O_DATA}, {"out", 1, 0, O_OUT}, {"steps", 1, 0, O_STEPS},
@@ -911,7 +1238,12 @@ static int train_main(int argc, char **argv, int finetune)
         {"w-seg", 1, 0, O_WSEG}, {"w-clip", 1, 0, O_WCLIP}, {"tau", 1, 0, O_TAU},
         {"vocab", 1, 0, O_VOCAB}, {"threads", 1, 0, O_THREADS}, {"cache-mb", 1, 0, O_CACHE},
         {"log-every", 1, 0, O_LOGEV}, {"quiet", 0, 0, O_QUIET}, {"model", 1, 0, O_MODEL},
-        {"stop-at", 1, 0, O_STOP}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+        {"stop-at", 1, 0, O_STOP}, {"help", 0, 0, O_HELP}, {"device", 1, 0, O_DEVICE},
+        {"gpus", 1, 0, O_GPUS}, {"precision", 1, 0, O_PREC}, {"ranks", 1, 0, O_RANKS},
+        /* Set by the launcher for its children (launch_ranks). */
+        {"rank", 1, 0, O_RANK}, {"world", 1, 0, O_WORLD}, {"comm-dir", 1, 0, O_COMMDIR},
+        {0, 0, 0, 0}};
+    int gpus[TRN_MAX_GPUS], ngpus = 0, ranks = 1, child = 0;
     int loss_given = 0;
     optind = 1;
     opterr = 1;
@@ -959,6 +1291,31 @@ static int train_main(int argc, char **argv, int finetune)
         case O_QUIET: o.quiet = 1; break;
         case O_MODEL: o.init = optarg; break;
         case O_STOP: o.stop_at = atol(optarg); break;
+        case O_DEVICE:
+            if (!strcmp(optarg, "cpu")) o.device = TRN_CPU;
+            else if (!strcmp(optarg, "cuda")) o.device = TRN_CUDA;
+            else {
+                fprintf(stderr, "ctglip-train: --device takes cpu or cuda\n");
+                return 2;
+            }
+            break;
+        case O_GPUS:
+            if ((ngpus = parse_gpus(optarg, gpus)) < 0) {
+                fprintf(stderr, "ctglip-train: --gpus takes device numbers such as 0,1\n");
+                return 2;
+            }
+            break;
+        case O_PREC:
+            if (strcmp(optarg, "bf16") && strcmp(optarg, "fp32")) {
+                fprintf(stderr, "ctglip-train: --precision takes bf16 or fp32\n");
+                return 2;
+            }
+            o.bf16 = !strcmp(optarg, "bf16");
+            break;
+        case O_RANKS: ranks = atoi(optarg); break;
+        case O_RANK: o.rank = atoi(optarg), child = 1; break;
+        case O_WORLD: o.world = atoi(optarg); break;
+        case O_COMMDIR: o.comm_dir = optarg; break;
         case O_HELP: usage(stdout, argv[0]); return 0;
         default: usage(stderr, argv[0]); return 2;
         }
@@ -969,6 +1326,34 @@ static int train_main(int argc, char **argv, int finetune)
         return 2;
     }
     if (o.stage1_steps > o.steps) o.stage1_steps = o.steps;
+    if (o.device == TRN_CPU && ngpus > 0) {
+        fprintf(stderr, "ctglip-train: --gpus needs --device cuda\n");
+        return 2;
+    }
+    if (ranks < 1 || ranks > TRN_MAX_GPUS || (o.device == TRN_CUDA && ranks > 1)) {
+        fprintf(stderr, "ctglip-train: --ranks takes 1..%d, with --device cpu (on GPUs: --gpus)\n",
+                TRN_MAX_GPUS);
+        return 2;
+    }
+    int world = o.device == TRN_CUDA ? (ngpus > 0 ? ngpus : 1) : ranks;
+    if (o.batch % world != 0) {
+        fprintf(stderr, "ctglip-train: the batch (%d) must split evenly over %d %s\n", o.batch,
+                world, o.device == TRN_CUDA ? "GPUs" : "ranks");
+        return 2;
+    }
+    if (child) {
+        /* A rank started by launch_ranks: its GPU is its place in the list. */
+        if (o.world != world || o.rank < 0 || o.rank >= world || !o.comm_dir) {
+            fprintf(stderr, "ctglip-train: --rank/--world/--comm-dir do not match the run\n");
+            return 2;
+        }
+        o.gpu = ngpus > 0 ? gpus[o.rank] : 0;
+        if (o.rank > 0) o.quiet = 1;
+        int rc = trn_run(&o);
+        return rc == 0 || rc == TRN_STOPPED ? 0 : 1;
+    }
+    if (world > 1) return launch_ranks(argc, argv, world);
+    o.gpu = ngpus > 0 ? gpus[0] : 0;
     return trn_run(&o) == 0 ? 0 : 1;
 }
 

@@ -8,8 +8,13 @@
  * with (seed, t), so a run is a pure function of its options, and resuming
  * from a checkpoint of step N replays steps N+1.. bit for bit.
  *
+ * Devices: the CPU (core/model.h) or one GPU (cuda/cunet.h; the
+ * contrastive losses stay on the host); several GPUs or CPU shares train
+ * data-parallel, one process per rank (`--gpus 0,1`, `--ranks N`: the
+ * command line forks one child per rank and waits for them).
+ *
  * Threading: one training run owns the calling thread (and the OpenMP
- * threads of the ops); no global state.
+ * threads of the ops, or its GPU context); no global state.
  */
 #ifndef CTGLIP_TRAIN_H
 #define CTGLIP_TRAIN_H
@@ -20,6 +25,7 @@
 #define TRN_CKPT_MAGIC "CTGTRNCK"
 #define TRN_CKPT_VERSION 1
 #define TRN_MAX_ORGANS 117
+#define TRN_MAX_GPUS 16 /* ranks of a data-parallel run */
 
 /* Contrastive parts of stage 2 (segmentation is on whenever w_seg > 0). */
 enum { TRN_L_OT = 1, TRN_L_AT = 2, TRN_L_CLIP = 4 };
@@ -56,7 +62,24 @@ typedef struct trn_opts {
     const volatile int *stop; /* non-zero (e.g. set by a SIGTERM handler): the
                            * same as the deadline passing; NULL: none */
     int quiet;
+    /* Device: TRN_CPU or TRN_CUDA (cuda/cunet.h on GPU `gpu`; with the
+     * environment's CTGLIP_CUDA_EMULATE=1, a test hook, the host emulation
+     * instead).  bf16: activations in bf16 on the GPU (parameters,
+     * gradients and moments stay fp32; the checkpoint is the same). */
+    int device;
+    int gpu;
+    int bf16;
+    /* Data parallel (cuda/cucomm.h): this process is rank `rank` of
+     * `world` (1: alone), meeting the others in comm_dir.  Each rank runs
+     * batch/world of every step's batch (the same samples a single
+     * process would draw), the gradients are averaged before the step, so
+     * every rank holds the same parameters; rank 0 writes the log, the
+     * checkpoints and the model. */
+    int rank, world;
+    const char *comm_dir;
 } trn_opts;
+
+enum { TRN_CPU = 0, TRN_CUDA = 1 };
 
 /* trn_run's answer when it stopped at the deadline with a checkpoint to
  * resume from (no model file written). */
