@@ -211,6 +211,12 @@ int an_ctx_new_gpu(an_engine *e, struct cu_ctx *gc, int bf16, an_ctx **out, char
                                      &c->ga)) < 0)
         WHY("activations of a %dx%dx%d window on the device: %s", cf->patch[2], cf->patch[1],
             cf->patch[0], cu_ctx_error(gc)[0] ? cu_ctx_error(gc) : ctg_strerror(rc));
+    /* Before any study: one window on both sides, so a device that
+     * computes wrong results is found here and not in a report. */
+    /* Test hook (emulated contexts only): a broken device copy. */
+    const char *brk = getenv("CTGLIP_CUDA_BREAK_COPY");
+    if (rc == 0 && brk && !strcmp(brk, "1") && cu_ctx_emulated(gc)) rc = cu_model_test_corrupt(c->g);
+    if (rc == 0) rc = cu_selftest(c->g, NULL, NULL, why, n);
     if (rc < 0) {
         an_ctx_free(c);
         return rc;

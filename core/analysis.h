@@ -82,8 +82,10 @@ void an_ctx_free(an_ctx *c); /* NULL: no-op */
  * or fp32.  an_run with it runs the sliding windows through cu_infer
  * (cuda/cunet.h); resampling, measures and scoring stay on the host.  A
  * new model file means a new engine and so a new an_ctx: its parameters
- * are uploaded then.  0 or CTG_E* with the reason (the device's text) in
- * why. */
+ * are uploaded then.  Every new device copy passes cu_selftest (one window
+ * compared with the CPU) first; a failed self-test gives CTG_EIO with a why
+ * starting "self-test:".  0 or CTG_E* with the reason (the device's text)
+ * in why. */
 struct cu_ctx;
 int an_ctx_new_gpu(an_engine *e, struct cu_ctx *gc, int bf16, an_ctx **out, char *why,
                    size_t n);

@@ -1069,3 +1069,95 @@ done:
     cu_acts_free(own);
     return err;
 }
+
+/* ---- start-up self-test ---------------------------------------------------------------------- */
+
+int cu_model_test_corrupt(cu_model *g)
+{
+    if (!cu_ctx_emulated(g->c)) return fail(g, CTG_EINVAL, "only an emulated copy may be broken");
+    const cconv *h = &g->conv[g->head];
+    TRY(cu_scale(g->c, g->params + h->w, h->cnt, -1.0f));
+    return prepare_all(g);
+}
+
+/* A synthetic body in one window: an ellipse of soft tissue in air with a
+ * fat rim, a contrast-filled vessel, a bone disc and a smooth texture, in
+ * HU.  Deterministic (no random numbers). */
+static void selftest_body(float *hu, int d, int h, int w)
+{
+    for (int z = 0; z < d; z++)
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++) {
+                double u = (x + 0.5) / w * 2 - 1, v = (y + 0.5) / h * 2 - 1;
+                double r = u * u / 0.8 + v * v / 0.6;
+                double val = -1000;
+                if (r < 1.0) val = r > 0.8 ? -100 : 40 + 15 * sin(0.7 * x + 0.4 * y + 0.9 * z);
+                double bu = u, bv = v - 0.45;
+                if (bu * bu + bv * bv < 0.03) val = 700;
+                double cu = u + 0.25, cv = v + 0.1;
+                if (cu * cu + cv * cv < 0.02) val = 250;
+                hu[((size_t)z * h + y) * w + x] = (float)val;
+            }
+}
+
+int cu_selftest(cu_model *g, double *agree, double *maxdiff, char *why, size_t n)
+{
+    const mdl_config *cf = &g->m->cfg;
+    int pd = cf->patch[0], ph = cf->patch[1], pw = cf->patch[2];
+    size_t s = (size_t)pd * ph * pw;
+    int k1 = cf->n_classes + 1, err = CTG_ENOMEM;
+    mdl_acts *ca = NULL;
+    cu_acts *ga = NULL;
+    float *hu = malloc(s * cf->in_ch * sizeof(float)), *lg = malloc(s * k1 * sizeof(float));
+    uint8_t *seg = malloc(s);
+    char tmp[256];
+    if (!why || !n) why = tmp, n = sizeof tmp;
+    why[0] = 0;
+    if (!hu || !lg || !seg) {
+        snprintf(why, n, "self-test: out of host memory");
+        goto done;
+    }
+    for (int c = 0; c < cf->in_ch; c++) selftest_body(hu + (size_t)c * s, pd, ph, pw);
+    if ((err = mdl_acts_new(g->m, 1, pd, ph, pw, &ca)) || (err = mdl_forward(g->m, ca, hu, NULL))) {
+        snprintf(why, n, "self-test: the CPU forward failed: %s", ctg_strerror(err));
+        goto done;
+    }
+    if ((err = cu_acts_new(g, 1, pd, ph, pw, &ga)) || (err = cu_forward(g, ga, hu, NULL)) ||
+        (err = cu_acts_fetch(ga, lg, NULL, seg))) {
+        snprintf(why, n, "self-test: the device forward failed: %s", cu_model_error(g));
+        goto done;
+    }
+    float lo = INFINITY, hi = -INFINITY;
+    double md = 0;
+    size_t same = 0;
+    for (size_t i = 0; i < s * k1; i++) {
+        float r = ca->logits[i];
+        if (r < lo) lo = r;
+        if (r > hi) hi = r;
+        double dd = fabs((double)lg[i] - r);
+        if (!(dd <= md)) md = dd; /* NaN wins */
+    }
+    for (size_t i = 0; i < s; i++) same += seg[i] == ca->seg[i];
+    double range = hi > lo ? hi - lo : 1.0, rel = md / range, ag = (double)same / s;
+    if (agree) *agree = ag;
+    if (maxdiff) *maxdiff = rel;
+    int bf = g->dt == CU_BF16;
+    double need_ag = bf ? 0.98 : 0.999, need_rel = bf ? 5e-2 : 1e-3;
+    if (!(ag >= need_ag) || !(rel <= need_rel)) {
+        snprintf(why, n,
+                 "self-test: the device disagrees with the CPU on a test window: labels agree "
+                 "on %.2f %% of voxels (need %.1f %%), largest logit difference %.3g of the "
+                 "range (limit %.0e), %s",
+                 100 * ag, 100 * need_ag, rel, need_rel, cu_dtype_name(g->dt));
+        err = CTG_EIO;
+        goto done;
+    }
+    err = 0;
+done:
+    mdl_acts_free(ca);
+    cu_acts_free(ga);
+    free(hu);
+    free(lg);
+    free(seg);
+    return err;
+}

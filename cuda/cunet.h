@@ -123,6 +123,21 @@ int cu_text_backward(cu_model *g, const float *dout, const float *out, const flo
 int cu_infer(cu_model *g, cu_acts *a, const ctg_vol *hu, float overlap, ctg_vol **labels,
              float *embed, int64_t *count);
 
+/* Start-up self-test of a device copy: one window of a synthetic body
+ * (air, fat, soft tissue, contrast, bone; the same bits every time) through
+ * the CPU network (mdl_forward) and through g, labels from the argmax.
+ * Passes when the labels agree on at least 99.9 % of the voxels in fp32
+ * (98 % in bf16) and the largest logit difference is within 1e-3 (fp32) or
+ * 5e-2 (bf16) of the CPU logits' range.  *agree and *maxdiff (either may be
+ * NULL) get the measured values.  0 (passed), CTG_EIO (failed: why says
+ * what differed), or the device's error.  Costs one window on each side. */
+int cu_selftest(cu_model *g, double *agree, double *maxdiff, char *why, size_t n);
+/* Test hook: negates the segmentation head's weights in the device copy
+ * only (the host model is untouched), which is what a wrong kernel or
+ * library looks like to cu_selftest.  Refused (CTG_EINVAL) on a real
+ * device: only an emulated context may be broken on purpose. */
+int cu_model_test_corrupt(cu_model *g);
+
 #ifdef __cplusplus
 }
 #endif

@@ -34,7 +34,10 @@
  *                           device plumbing;
  *   CTGLIP_CUDA_FAIL_AFTER=N  the Nth GPU job of the process fails as a
  *                           device error would (reason "injected GPU
- *                           fault"), with the context re-created after.
+ *                           fault"), with the context re-created after;
+ *   CTGLIP_CUDA_BREAK_COPY=1  (emulated contexts only, core/analysis.c) the
+ *                           device copy of the model is broken before its
+ *                           self-test, which must then fail.
  *
  * Threading: one thread per worker, each with its own model context
  * (activations, and on a GPU its cu_ctx and the model's device copy); the
@@ -93,6 +96,7 @@ struct ctg_workers {
     int *dev;
     int bf16;               /* activations on the GPU in bf16 */
     int fail_after;         /* CTGLIP_CUDA_FAIL_AFTER (0: off) */
+    int gpu_auto;           /* device = auto: a GPU that fails its self-test gives way to the CPU */
     int gpu_jobs;           /* GPU jobs started, for the fault hook (atomic) */
     int switching;          /* a worker is loading a new model file (under mu) */
     /* Where finished reports go (reloadable, under mu) and whom to tell. */
@@ -492,11 +496,30 @@ static void *worker_main(void *arg)
                 if (gc) {
                     double tu = ctg_mono();
                     cr = an_ctx_new_gpu(mine->e, gc, w->bf16, &ctx, why, sizeof why);
-                    if (cr == 0)
-                        log_info("worker %d: model %.16s on the GPU in %.2f s", me,
-                                 an_model_identity(mine->e), ctg_mono() - tu);
-                    else
+                    if (cr == 0) {
+                        log_info("worker %d: model %.16s on the GPU in %.2f s (self-test "
+                                 "passed)", me, an_model_identity(mine->e), ctg_mono() - tu);
+                    } else if (w->gpu_auto && !strncmp(why, "self-test:", 10)) {
+                        /* The device computes something other than the
+                         * CPU reference: with device = auto this worker
+                         * gives the GPU up for good and runs on the CPU. */
+                        log_error("worker %d: %s; device = auto, so this worker runs the model "
+                                  "on the CPU from now on", me, why);
+                        cu_ctx_free(gc);
+                        gc = NULL;
+                        dev = WK_CPU;
+                        pthread_mutex_lock(&w->mu);
+                        w->dev[me] = WK_CPU;
+                        pthread_mutex_unlock(&w->mu);
+                        describe_device(w, dev, desc, sizeof desc);
+                        log_info("worker %d: %s", me, desc);
+                        why[0] = 0;
+                        cr = an_ctx_new(mine->e, &ctx);
+                        if (cr < 0)
+                            snprintf(why, sizeof why, "no model context: %s", ctg_strerror(cr));
+                    } else {
                         dev_failed = 1;
+                    }
                 } else {
                     cr = an_ctx_new(mine->e, &ctx);
                     if (cr < 0) snprintf(why, sizeof why, "no model context: %s", ctg_strerror(cr));
@@ -727,6 +750,7 @@ static int plan_devices(ctg_workers *w, const ctg_config *cfg)
     w->n = cfg->workers;
     w->bf16 = cfg->model_bf16;
     w->fail_after = fa ? atoi(fa) : 0;
+    w->gpu_auto = !strcmp(cfg->device, "auto");
     if (want_gpu) {
         int count = emulate ? CTG_MAX_GPUS : cu_device_count();
         if (count <= 0) {

@@ -688,6 +688,48 @@ static int check_text(int dev)
 
 /* ---- the table ---------------------------------------------------------------------------------- */
 
+
+/* The start-up self-test: a correct device copy passes in fp32 and bf16; a
+ * device copy whose head differs from the host model (what a wrong kernel
+ * or library would look like) fails with the reason. */
+static int check_selftest(int dev)
+{
+    cu_ctx *c;
+    OPEN_OR_SKIP(dev, c);
+    mdl_model *m = tu_tiny_model(16, 0, "test-encoder:0");
+    CHECK(m != NULL);
+    for (int bf = 0; bf < 2; bf++) {
+        cu_model *g = NULL;
+        char why[512] = "";
+        double ag = -1, md = -1;
+        CHECK(cu_model_new(c, m, bf ? CU_BF16 : CU_F32, 0, &g, why, sizeof why) == 0);
+        int rc = cu_selftest(g, &ag, &md, why, sizeof why);
+        printf("%s: self-test labels agree %.4f, logit diff %.2e of range (%s)\n", tag(dev, bf ? CU_BF16 : CU_F32), ag,
+               md, why[0] ? why : "passed");
+        CHECK_EQ_INT(rc, 0);
+        CHECK(ag >= (bf ? 0.98 : 0.999) && ag <= 1.0);
+        CHECK(md >= 0 && md <= (bf ? 5e-2 : 1e-3));
+        if (!bf && dev == CU_EMULATE) CHECK(md < 1e-5);
+        /* Break the device copy only: negate the head's weights there. */
+        const mdl_tensor *t = mdl_find_tensor(m, "head.w");
+        CHECK(t != NULL);
+        for (size_t i = 0; i < t->count; i++) m->params[t->off + i] = -m->params[t->off + i];
+        CHECK(cu_model_upload(g) == 0);
+        for (size_t i = 0; i < t->count; i++) m->params[t->off + i] = -m->params[t->off + i];
+        rc = cu_selftest(g, &ag, &md, why, sizeof why);
+        printf("broken copy: rc %d, agree %.4f, diff %.3f: %s\n", rc, ag, md, why);
+        CHECK_EQ_INT(rc, CTG_EIO);
+        CHECK(!strncmp(why, "self-test:", 10));
+        CHECK(ag < 0.98 || md > 5e-2);
+        cu_model_free(g);
+    }
+    mdl_free(m);
+    cu_ctx_free(c);
+    return 0;
+}
+static int t_selftest_emu(void) { return check_selftest(CU_EMULATE); }
+static int t_selftest_gpu(void) { return check_selftest(0); }
+
 static int t_fwd_emu_f32(void) { return check_forward(CU_EMULATE, CU_F32); }
 static int t_fwd2_emu(void) { return check_forward_inch2(CU_EMULATE); }
 static int t_fwd2_gpu(void) { return check_forward_inch2(0); }
@@ -730,5 +772,7 @@ const test_case cunet_tests[] = {
     {"cunet_infer_gpu_fp32", t_infer_gpu_f32},
     {"cunet_infer_gpu_bf16", t_infer_gpu_bf16},
     {"cunet_text_gpu", t_text_gpu},
+    {"cunet_selftest_emu", t_selftest_emu},
+    {"cunet_selftest_gpu", t_selftest_gpu},
     {NULL, NULL},
 };

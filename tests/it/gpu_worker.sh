@@ -7,10 +7,13 @@
 #   uploads the model again, the job's retry and the next study succeed;
 # - a new model file is uploaded to the GPU before the next job;
 # - device = cuda where no GPU is usable (no emulation) stops the start
-#   with the reason.
+#   with the reason;
+# - device = auto with a device copy that computes wrong results
+#   (CTGLIP_CUDA_BREAK_COPY=1, a test hook): the start-up self-test
+#   catches it, the worker says why and runs on the CPU, the job is done.
 source "$CTG_ROOT/tests/lib.sh"
 
-for s in 61 62 63 64; do
+for s in 61 62 63 64 65; do
     "$B/ctglip" phantom --quiet --seed $s --count 1 --matrix 64 --thickness 6 --fov abdomen \
         --out "$T/ph$s" || fail "phantom $s"
 done
@@ -87,6 +90,21 @@ grep -q "switched to model" "$T/daemon.log" || fail "no switch logged"
 id2=$(grep "switched to model" "$T/daemon.log" | sed -n 1p | sed 's/.*switched to model \([0-9a-f]*\).*/\1/')
 grep -q "model $id2 on the GPU" "$T/daemon.log" || fail "the new model was not uploaded"
 [ "$(grep -c "on the GPU in" "$T/daemon.log")" -gt "$ups" ] || fail "no upload after the switch"
+alive || fail "daemon died"
+stop_daemon
+
+note "device = auto: a device that fails its self-test gives way to the CPU"
+mv "$T/daemon.log" "$T/daemon1.log"
+MODEL=$T/model.ctglip STABLE=2 write_conf "$(printf '[model]\ndevice = auto\nprecision = fp32\nthreads = 1\n')"
+export CTGLIP_CUDA_EMULATE=1 CTGLIP_CUDA_BREAK_COPY=1
+start_daemon
+unset CTGLIP_CUDA_EMULATE CTGLIP_CUDA_BREAK_COPY
+j5=$(send 65)
+grep -q "self-test: the device disagrees with the CPU" "$T/daemon.log" ||
+    fail "no self-test failure logged: $(grep worker "$T/daemon.log")"
+grep -q "runs the model on the CPU from now on" "$T/daemon.log" || fail "no fall-back logged"
+grep -q "worker 0: cpu, " "$T/daemon.log" || fail "the worker does not say it is on the CPU"
+expect_eq "$(sql "SELECT attempts FROM jobs WHERE id=$j5")" 0 "failed attempts of the job on the CPU"
 alive || fail "daemon died"
 stop_daemon
 echo PASS
