@@ -3,13 +3,18 @@
 # bench/gpu.c) against PyTorch eager on the same network (bench/torch_ctglip.py):
 # same configs, same weights (one model file both load), same synthetic data, the
 # same FLOP formula; prints a side-by-side table with ratios and the goals.
+# First it runs the GPU tests (`runner _gpu`, below), so one call checks both
+# correctness and speed.
 #
 #   bash bench/gpu.sh             on a machine with an NVIDIA GPU and PyTorch
+#   bash bench/gpu.sh --tests-only  only the GPU tests (anywhere: without a GPU
+#                                 they skip, and it says nothing was verified)
 #   bash bench/gpu.sh --pack      anywhere with nvcc (no GPU needed): builds the
-#                                 binary into build-gpu/ and packs it with the
-#                                 shared libraries a bare CUDA image lacks (oneDNN,
-#                                 niftiio, ...) into build-gpu-pack/, to be carried
-#                                 to a GPU machine that cannot build the project
+#                                 binary and the test runner into build-gpu/ and
+#                                 packs them with the shared libraries a bare CUDA
+#                                 image lacks (oneDNN, niftiio, DCMTK, ...) into
+#                                 build-gpu-pack/, to be carried to a GPU machine
+#                                 that cannot build the project
 #   bash bench/gpu.sh --emulate   the whole harness on the host emulation
 #                                 (CU_EMULATE, tiny sizes; PyTorch rows only where
 #                                 torch imports): a test of the script, not numbers
@@ -19,7 +24,15 @@
 #
 # Which binary: $GPU_BIN if set (make bench-gpu sets it), else
 # build-gpu-pack/gpu when present (its libraries unpacked to a scratch
-# folder), else `make -j16 BUILD=$CTG_BUILD $CTG_BUILD/bench/gpu`.
+# folder), else `make -j16 BUILD=$CTG_BUILD $CTG_BUILD/bench/gpu`.  The test
+# runner likewise: $GPU_RUNNER, build-gpu-pack/runner, $CTG_BUILD/tests/runner.
+#
+# GPU tests: the unit tests whose names contain GPU_TESTS (default _gpu; empty:
+# none), under TESTS_TIMEOUT seconds (240; in the full run also at most the
+# budget less 120 s), with the same LD_LIBRARY_PATH as the binary (the pack's
+# libraries, cuDNN and cuBLAS), CTG_BUILD a scratch folder.  Failures do not
+# stop the benchmark; a summary ends the table, the output is in
+# $OUT/gpu-tests.log.
 #
 # Configs (CONFIGS, default "file default"):
 #   file     models/default.ctglip as shipped (its config and trained weights)
@@ -37,10 +50,11 @@
 #
 # Environment: CONFIGS, PREC (bf16,fp32), SPACING (3,1.5), RUNS (5), WARMUP (1),
 # STEPS (20), TRAIN_WARMUP (3), BATCH (2), OVERLAP (0.25), E2E_CPU (1),
-# STEP_TIMEOUT (seconds per command, 240), BUDGET (seconds for all steps, 540;
-# later steps are skipped), TORCH_ARGS, GPU_ARGS (extra options of each side),
-# MODEL (models/default.ctglip), OUT (where the JSON lines, the log and the table
-# go, when set).
+# STEP_TIMEOUT (seconds per command, 240), BUDGET (seconds for the tests and all
+# steps, 540; later steps are skipped), TORCH_ARGS, GPU_ARGS (extra options of
+# each side),
+# MODEL (models/default.ctglip), GPU_TESTS, TESTS_TIMEOUT, OUT (where the JSON
+# lines, the log, the table and gpu-tests.log go, when set).
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -49,13 +63,14 @@ MODE=device
 case "${1:-}" in
 --pack) MODE=pack ;;
 --emulate) MODE=emulate ;;
+--tests-only) MODE=tests ;;
 "") ;;
 -h | --help)
     sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
-    echo "gpu.sh: unknown argument $1 (--pack, --emulate or none)" >&2
+    echo "gpu.sh: unknown argument $1 (--pack, --tests-only, --emulate or none)" >&2
     exit 2
     ;;
 esac
@@ -63,33 +78,65 @@ esac
 CTG_BUILD=${CTG_BUILD:-build}
 MODEL=${MODEL:-models/default.ctglip}
 
-# ---- --pack: binary + libraries for a machine that cannot build ------------------------------
-if [ "$MODE" = pack ]; then
-    set -e
-    make -j"$(nproc)" BUILD=build-gpu build-gpu/bench/gpu
-    rm -rf build-gpu-pack
-    mkdir -p build-gpu-pack/lib
-    cp build-gpu/bench/gpu build-gpu-pack/gpu
-    strip --strip-debug build-gpu-pack/gpu
-    # Every library the binary loads except the C and C++ runtimes, which any
-    # CUDA image has (and newer).
-    ldd build-gpu/bench/gpu | awk '$3 ~ /^\// {print $1, $3}' | while read -r name path; do
-        case "$name" in
-        libc.so.* | libm.so.* | libpthread.so.* | libdl.so.* | librt.so.* | ld-linux* | \
+# ---- --pack: binaries + libraries for a machine that cannot build -----------------------------
+# Copies a built binary into the pack under a name, without its debug
+# information, and every library it loads into build-gpu-pack/lib, except
+# glibc's and the C++ runtime, which any CUDA image has (and newer; glibc's
+# own libraries must match its version).
+pack_bin() {
+    local built=$1 name=$2
+    cp "$built" "build-gpu-pack/$name"
+    strip --strip-debug "build-gpu-pack/$name"
+    if ldd "$built" | grep -q 'not found'; then
+        ldd "$built" | grep 'not found' >&2
+        echo "gpu.sh: $built lacks libraries here" >&2
+        return 1
+    fi
+    ldd "$built" | awk '$3 ~ /^\// {print $1, $3}' | while read -r lib path; do
+        case "$lib" in
+        libc.so.* | libm.so.* | libmvec.so.* | libpthread.so.* | libdl.so.* | librt.so.* | \
+            libresolv.so.* | libutil.so.* | libanl.so.* | ld-linux* | \
             libstdc++.so.* | libgcc_s.so.*) ;;
-        *) cp -L "$path" "build-gpu-pack/lib/$name" ;;
+        *) [ -e "build-gpu-pack/lib/$lib" ] || cp -L "$path" "build-gpu-pack/lib/$lib" ;;
         esac
     done
+}
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
+
+if [ "$MODE" = pack ]; then
+    set -e
+    make -j"$(nproc)" BUILD=build-gpu build-gpu/bench/gpu build-gpu/tests/runner
+    rm -rf build-gpu-pack
+    mkdir -p build-gpu-pack/lib
+    pack_bin build-gpu/bench/gpu gpu
+    pack_bin build-gpu/tests/runner runner
+    lib_bytes=$(du -cb build-gpu-pack/lib/* | tail -1 | cut -f1)
     (cd build-gpu-pack && tar -cJf libs.tar.xz lib && rm -rf lib)
     nvcc_v=$("${NVCC:-nvcc}" --version 2>/dev/null | tail -1 || true)
     {
         echo "built $(date -u +%FT%TZ) on $(uname -m) by $(${CC:-cc} --version | head -1)"
         echo "nvcc: $nvcc_v"
         echo "git: $(git rev-parse --short HEAD 2>/dev/null) (+ working tree)"
-        ldd build-gpu/bench/gpu | awk '{print "  " $1}'
+        for b in bench/gpu tests/runner; do
+            echo "build-gpu/$b:"
+            ldd "build-gpu/$b" | awk '{print "  " $1}'
+        done
     } >build-gpu-pack/BUILD-INFO
-    du -sh build-gpu-pack
-    echo "carry build-gpu-pack to the GPU machine and run: bash bench/gpu.sh"
+    # The device tool carries at most 64 MiB: this pack and the working tree
+    # (tracked files and untracked ones git does not ignore) together.
+    for f in build-gpu-pack/*; do
+        printf '  %-28s %s\n' "$f" "$(mib "$(stat -c %s "$f")")"
+    done
+    pack_bytes=$(du -cb build-gpu-pack/* | tail -1 | cut -f1)
+    tree_bytes=$(git ls-files -z -co --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null |
+        awk '{ s += $1 } END { print s + 0 }')
+    echo "pack: $(mib "$pack_bytes") (libraries $(mib "$lib_bytes") unpacked); working tree:" \
+        "$(mib "$tree_bytes"); together $(mib $((pack_bytes + tree_bytes))) of the 64 MiB carried"
+    if [ "$pack_bytes" -gt $((60 * 1048576)) ] || [ $((pack_bytes + tree_bytes)) -gt $((64 * 1048576)) ]; then
+        echo "gpu.sh: too large to carry to the device machine" >&2
+        exit 1
+    fi
+    echo "carry build-gpu-pack to the GPU machine and run: bash bench/gpu.sh (or --tests-only)"
     exit 0
 fi
 
@@ -120,6 +167,8 @@ STEP_TIMEOUT=${STEP_TIMEOUT:-240}
 BUDGET=${BUDGET:-540}
 TORCH_ARGS=${TORCH_ARGS:-}
 GPU_ARGS=${GPU_ARGS:-}
+GPU_TESTS=${GPU_TESTS-_gpu}
+TESTS_TIMEOUT=${TESTS_TIMEOUT:-240}
 COMMON="--precision $PREC --spacing $SPACING --runs $RUNS --warmup $WARMUP --steps $STEPS \
 --train-warmup $TRAIN_WARMUP --batch $BATCH --overlap $OVERLAP $SRC_ARGS"
 
@@ -157,34 +206,63 @@ step() {
     return $rc
 }
 
-# ---- the binary and its libraries -------------------------------------------------------------
+# ---- the pack, the binary, the test runner and their libraries -------------------------------
 LIBPATH=""
-if [ -n "${GPU_BIN:-}" ]; then
-    BIN=$GPU_BIN
-elif [ -x build-gpu-pack/gpu ] && [ "$MODE" = device ]; then
-    BIN=$ROOT/build-gpu-pack/gpu
+PACKED=0
+if [ "$MODE" != emulate ] && [ -z "${GPU_BIN:-}" ] && [ -f build-gpu-pack/libs.tar.xz ]; then
+    PACKED=1
     mkdir -p "$WORK/pack"
     tar -xJf build-gpu-pack/libs.tar.xz -C "$WORK/pack"
     LIBPATH=$WORK/pack/lib
-    say "using the packed binary: $(head -2 build-gpu-pack/BUILD-INFO | tr '\n' ' ')"
-else
-    BIN=$CTG_BUILD/bench/gpu
-    say "== make -j16 BUILD=$CTG_BUILD $BIN"
-    if ! make -j16 BUILD="$CTG_BUILD" "$BIN" >>"$LOG" 2>&1; then
-        tail -n 30 "$LOG" >&2
-        say "gpu.sh: cannot build $BIN here (missing development packages?); build it where"
-        say "        the project builds with 'bash bench/gpu.sh --pack' and carry build-gpu-pack"
+    say "using the pack: $(head -2 build-gpu-pack/BUILD-INFO | tr '\n' ' ')"
+fi
+if [ "$MODE" != tests ]; then
+    if [ -n "${GPU_BIN:-}" ]; then
+        BIN=$GPU_BIN
+    elif [ "$PACKED" = 1 ] && [ -x build-gpu-pack/gpu ]; then
+        BIN=$ROOT/build-gpu-pack/gpu
+    else
+        BIN=$CTG_BUILD/bench/gpu
+        say "== make -j16 BUILD=$CTG_BUILD $BIN"
+        if ! make -j16 BUILD="$CTG_BUILD" "$BIN" >>"$LOG" 2>&1; then
+            tail -n 30 "$LOG" >&2
+            say "gpu.sh: cannot build $BIN here (missing development packages?); build it where"
+            say "        the project builds with 'bash bench/gpu.sh --pack' and carry build-gpu-pack"
+            exit 1
+        fi
+    fi
+    [ -x "$BIN" ] || {
+        say "gpu.sh: no binary $BIN"
         exit 1
+    }
+fi
+# The test runner for the GPU tests (not in the emulation: there they skip).
+RUNNER="" RUNNER_WHY=""
+if [ "$MODE" = emulate ]; then
+    RUNNER_WHY="not in the emulation"
+elif [ -z "$GPU_TESTS" ]; then
+    RUNNER_WHY="GPU_TESTS is empty"
+elif [ -n "${GPU_RUNNER:-}" ]; then
+    RUNNER=$GPU_RUNNER
+elif [ "$PACKED" = 1 ]; then
+    if [ -x build-gpu-pack/runner ]; then
+        RUNNER=$ROOT/build-gpu-pack/runner
+    else
+        RUNNER_WHY="the pack has no runner (packed by an older gpu.sh: pack again)"
+    fi
+else
+    RUNNER=$CTG_BUILD/tests/runner
+    say "== make -j16 BUILD=$CTG_BUILD $RUNNER"
+    if ! make -j16 BUILD="$CTG_BUILD" "$RUNNER" >>"$LOG" 2>&1; then
+        RUNNER=""
+        RUNNER_WHY="cannot build $CTG_BUILD/tests/runner here (see the log)"
     fi
 fi
-[ -x "$BIN" ] || {
-    say "gpu.sh: no binary $BIN"
-    exit 1
-}
 
 # cuDNN 9 and cuBLAS are dlopen'ed by name (cuda/culib.cu): add the folders
 # where this machine has them (PyTorch's pip packages, the CUDA toolkit).
-if [ "$MODE" = device ]; then
+# dlopen searches the LD_LIBRARY_PATH a process started with first.
+if [ "$MODE" = device ] || [ "$MODE" = tests ]; then
     dirs=$(python3 - <<'EOF' 2>/dev/null
 import glob, os, sys
 seen = []
@@ -204,6 +282,84 @@ EOF
 fi
 # An env prefix rather than a function, so that timeout can run it.
 GPU_ENV="LD_LIBRARY_PATH=${LIBPATH}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+# ---- the GPU tests, before the benchmark ----------------------------------------------------------
+# `runner _gpu`: the unit tests whose names contain _gpu, the GPU twins of
+# the CPU and emulation parity tests; run from the repository root (the
+# runner makes it CTG_ROOT: models/, etc/), CTG_BUILD a scratch folder (its
+# test-out/ gets a folder per test).  Without a GPU they skip, and the
+# summary says that nothing was verified on a GPU.  The runner's output goes
+# to the log and $OUT/gpu-tests.log, the summary to the end of the table.
+TESTS_SUMMARY=$WORK/tests-summary.txt
+: >"$TESTS_SUMMARY"
+TESTS_RC=0
+gpu_tests() {
+    local lim=$TESTS_TIMEOUT left=$((BUDGET - SECONDS)) t0=$SECONDS out=$WORK/tests.log
+    local np nf ns verdict
+    if [ -z "$RUNNER" ]; then
+        say "== GPU tests: not run ($RUNNER_WHY)"
+        echo "GPU tests: not run ($RUNNER_WHY)" >"$TESTS_SUMMARY"
+        return 0
+    fi
+    # Before the benchmark, leave it at least 120 s of the budget.
+    [ "$MODE" = device ] && [ $lim -gt $((left - 120)) ] && lim=$((left - 120))
+    [ $lim -lt 30 ] && lim=30
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >"$WORK/smi.txt" 2>&1; then
+        say "GPU here: $(head -1 "$WORK/smi.txt")"
+    else
+        say "GPU here: none that nvidia-smi sees (the GPU tests should all skip)"
+    fi
+    say "== GPU tests: $RUNNER $GPU_TESTS (timeout ${lim}s)"
+    mkdir -p "$WORK/tests"
+    timeout --kill-after=10 "$lim" env "$GPU_ENV" CTG_BUILD="$WORK/tests" "$RUNNER" $GPU_TESTS \
+        >"$out" 2>&1
+    TESTS_RC=$?
+    case $TESTS_RC in
+    0 | 1) ;;
+    124 | 137) echo "gpu.sh: the runner TIMED OUT after ${lim}s (exit $TESTS_RC)" >>"$out" ;;
+    *)
+        echo "gpu.sh: the runner exited with $TESTS_RC" >>"$out"
+        LD_LIBRARY_PATH="$LIBPATH" ldd "$RUNNER" 2>&1 | grep -i "not found" >>"$out"
+        ;;
+    esac
+    cat "$out" >>"$LOG"
+    np=$(grep -c '^ok ' "$out")
+    nf=$(grep -c '^FAIL ' "$out")
+    ns=$(grep -c '^skip ' "$out")
+    if [ "$TESTS_RC" -gt 1 ] || ! grep -qE '^[0-9]+ passed, [0-9]+ failed$' "$out"; then
+        verdict="DID NOT COMPLETE (exit $TESTS_RC): $np passed, $nf failed, $ns skipped before it stopped"
+    elif [ "$nf" -gt 0 ]; then
+        verdict="FAILED: $nf failed, $np passed, $ns skipped"
+    elif [ "$np" -gt 0 ]; then
+        verdict="$np passed on the GPU, $ns skipped"
+    else
+        verdict="NOT verified on a GPU: none ran, $ns skipped"
+    fi
+    {
+        echo "GPU tests (runner $GPU_TESTS): $verdict"
+        grep -E '^FAIL ' "$out" | head -n 30 | sed 's/^/  /'
+        # Skips by reason (the names are in the log).
+        grep '^skip ' "$out" | awk '{ $1 = ""; $2 = ""; sub(/^ +/, ""); print }' | sort | uniq -c |
+            awk '{ n = $1; $1 = ""; print "  skipped, " n " of them:" $0 }'
+        tail -n 2 "$out" | sed 's/^/  /'
+    } >"$TESTS_SUMMARY"
+    grep -E '^(ok|FAIL|skip) |passed, .* failed|TIMED OUT|exited with|not found' "$out" |
+        sed 's/^/   /' >&2
+    say "$(head -1 "$TESTS_SUMMARY")"
+    say "   ($((SECONDS - t0)) s)"
+    if [ -n "${OUT:-}" ]; then
+        mkdir -p "$OUT" && cp "$out" "$OUT/gpu-tests.log" && cp "$LOG" "$OUT/gpu-bench.log"
+    fi
+}
+if [ "$MODE" = device ] || [ "$MODE" = tests ]; then
+    gpu_tests
+fi
+if [ "$MODE" = tests ]; then
+    cat "$TESTS_SUMMARY"
+    [ -n "${OUT:-}" ] && echo "written: $OUT/gpu-tests.log, gpu-bench.log" >&2
+    exit $TESTS_RC
+fi
+
 run_gpu() { env "$GPU_ENV" "$BIN" "$@"; }
 if ! run_gpu --help >/dev/null 2>"$WORK/ldd.err"; then
     cat "$WORK/ldd.err" >&2
@@ -377,6 +533,10 @@ p("goals: inference >= 1.5x PyTorch eager, training >= 1.2x, < 2 s end to end pe
 p("goal lines not met: %d" % fails)
 print("\n".join(out))
 EOF
+if [ -s "$TESTS_SUMMARY" ]; then
+    echo >>"$WORK/table.txt"
+    cat "$TESTS_SUMMARY" >>"$WORK/table.txt"
+fi
 cat "$WORK/table.txt"
 if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT"
