@@ -44,31 +44,8 @@ void cu__conv_cache_stats(long *searches, long *hits) __attribute__((weak));
 
 /* ---- host helpers ----------------------------------------------------------------------- */
 
-static float *fzero(size_t n)
-{
-    float *x = calloc(n ? n : 1, sizeof *x);
-    if (!x) abort();
-    return x;
-}
-
 /* fp32 -> bf16 bits, round to nearest even (finite inputs). */
-static uint16_t f2bf(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static float bf2f(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static float bfround(float f) { return bf2f(f2bf(f)); }
+static float bfround(float f) { return tu_bf2f(tu_f2bf(f)); }
 
 static void round_dt(float *x, size_t n, cu_dtype dt)
 {
@@ -88,7 +65,7 @@ static void *to_cl(const float *x, int n, int ch, size_t s, cu_dtype dt)
                 float f = x[((size_t)b * ch + k) * s + v];
                 size_t i = ((size_t)b * s + v) * ch + k;
                 if (dt == CU_BF16)
-                    ((uint16_t *)buf)[i] = f2bf(f);
+                    ((uint16_t *)buf)[i] = tu_f2bf(f);
                 else
                     ((float *)buf)[i] = f;
             }
@@ -98,13 +75,13 @@ static void *to_cl(const float *x, int n, int ch, size_t s, cu_dtype dt)
 /* Host image of dt [n][s][ch] -> fp32 NCDHW (new array). */
 static float *from_cl(const void *buf, int n, int ch, size_t s, cu_dtype dt)
 {
-    float *x = fzero((size_t)n * ch * s);
+    float *x = tu_fzero((size_t)n * ch * s);
     for (int b = 0; b < n; b++)
         for (size_t v = 0; v < s; v++)
             for (int k = 0; k < ch; k++) {
                 size_t i = ((size_t)b * s + v) * ch + k;
                 x[((size_t)b * ch + k) * s + v] =
-                    dt == CU_BF16 ? bf2f(((const uint16_t *)buf)[i]) : ((const float *)buf)[i];
+                    dt == CU_BF16 ? tu_bf2f(((const uint16_t *)buf)[i]) : ((const float *)buf)[i];
             }
     return x;
 }
@@ -188,8 +165,8 @@ static int conv_case_run(cu_ctx *c, const conv_case *cc, cu_dtype dt, int split)
     round_dt(din0, ni, dt);
 
     /* references */
-    float *out_ref = fzero(no), *din_ref = fzero(ni), *dw_ref = fzero(nw),
-          *db_ref = fzero(g->cout);
+    float *out_ref = tu_fzero(no), *din_ref = tu_fzero(ni), *dw_ref = tu_fzero(nw),
+          *db_ref = tu_fzero(g->cout);
     op_conv3d_forward_ref(g, out_ref, in, w, b);
     memcpy(din_ref, din0, ni * sizeof(float));
     memcpy(dw_ref, dw0, nw * sizeof(float));
@@ -229,7 +206,7 @@ static int conv_case_run(cu_ctx *c, const conv_case *cc, cu_dtype dt, int split)
     CHECK_EQ_INT(cu_sync(c), 0);
 
     void *h_out = malloc(no * es), *h_din = malloc(ni * es);
-    float *got_dw = fzero(nw), *got_db = fzero(g->cout);
+    float *got_dw = tu_fzero(nw), *got_db = tu_fzero(g->cout);
     CHECK(h_out && h_din);
     CHECK_EQ_INT(cu_download(c, h_out, d_out, no * es), 0);
     CHECK_EQ_INT(cu_download(c, h_din, d_din, ni * es), 0);
@@ -284,7 +261,7 @@ static int prepare_layout(cu_ctx *c)
             cu_dtype dt = dti ? CU_BF16 : CU_F32;
             size_t nw = op_conv_weight_count(g), es = cu_dtype_size(dt);
             int k3 = g->k * g->k * g->k;
-            float *w = fzero(nw);
+            float *w = tu_fzero(nw);
             /* bf16-exact values... */
             for (size_t j = 0; j < nw; j++) w[j] = (float)((int)(j % 251) - 125);
             /* ...except two ties (bf16 steps by 1/128 at 1): to even, down and up. */
@@ -304,7 +281,7 @@ static int prepare_layout(cu_ctx *c)
                         size_t j = ((size_t)o * g->cin + i) * k3 + t;
                         size_t q = g->transposed ? ((size_t)i * k3 + t) * g->cout + o
                                                  : ((size_t)o * k3 + t) * g->cin + i;
-                        float v = dt == CU_BF16 ? bf2f(((uint16_t *)h)[q]) : ((float *)h)[q];
+                        float v = dt == CU_BF16 ? tu_bf2f(((uint16_t *)h)[q]) : ((float *)h)[q];
                         float want = w[j];
                         if (dt == CU_BF16 && j == 0) want = 1.0f;
                         if (dt == CU_BF16 && j == 1) want = 1.0f + 1.0f / 64;
@@ -334,8 +311,8 @@ static int linear_all(cu_ctx *c)
     float *in = tu_frand(ni, -1, 1), *w = tu_frand(nw, -1, 1), *b = tu_frand(cout, -1, 1);
     float *dout = tu_frand(no, -1, 1);
     float *din0 = tu_frand(ni, -1, 1), *dw0 = tu_frand(nw, -1, 1), *db0 = tu_frand(cout, -1, 1);
-    float *out_ref = fzero(no), *out_nb_ref = fzero(no);
-    float *din_ref = fzero(ni), *dw_ref = fzero(nw), *db_ref = fzero(cout);
+    float *out_ref = tu_fzero(no), *out_nb_ref = tu_fzero(no);
+    float *din_ref = tu_fzero(ni), *dw_ref = tu_fzero(nw), *db_ref = tu_fzero(cout);
     op_linear_forward_ref(out_ref, in, w, b, rows, cin, cout);
     op_linear_forward_ref(out_nb_ref, in, w, NULL, rows, cin, cout);
     memcpy(din_ref, din0, ni * 4);
@@ -348,7 +325,7 @@ static int linear_all(cu_ctx *c)
     float *d_din = dev_up(c, din0, ni * 4), *d_dw = dev_up(c, dw0, nw * 4);
     float *d_db = dev_up(c, db0, cout * 4);
     CHECK(d_in && d_w && d_b && d_dout && d_out && d_din && d_dw && d_db);
-    float *got = fzero(ni > nw ? ni : nw);
+    float *got = tu_fzero(ni > nw ? ni : nw);
 
     CHECK_EQ_INT(cu_linear_forward(c, d_out, d_in, d_w, d_b, rows, cin, cout), 0);
     CHECK_EQ_INT(cu_download(c, got, d_out, no * 4), 0);
@@ -372,14 +349,14 @@ static int linear_all(cu_ctx *c)
     /* gemm_nt: C[m][n] = alpha A[m][k] B[n][k]^T + beta C */
     const int m = 6, n = 9, k = 11;
     float *A = tu_frand((size_t)m * k, -1, 1), *B = tu_frand((size_t)n * k, -1, 1);
-    float *C0 = tu_frand((size_t)m * n, -1, 1), *Cref = fzero((size_t)m * n);
-    float *Cgot = fzero((size_t)m * n);
+    float *C0 = tu_frand((size_t)m * n, -1, 1), *Cref = tu_fzero((size_t)m * n);
+    float *Cgot = tu_fzero((size_t)m * n);
     float *d_A = dev_up(c, A, (size_t)m * k * 4), *d_B = dev_up(c, B, (size_t)n * k * 4);
     float *d_C = dev_up(c, C0, (size_t)m * n * 4);
     CHECK(d_A && d_B && d_C);
     for (int pass = 0; pass < 2; pass++) {
         float alpha = pass ? -0.75f : 0.5f, beta = pass ? 0.25f : 0.0f;
-        float *nan = fzero((size_t)m * n);
+        float *nan = tu_fzero((size_t)m * n);
         for (int i = 0; i < m * n; i++) nan[i] = NAN;
         /* beta 0: C is not read (NaN there must not leak through). */
         CHECK_EQ_INT(cu_upload(c, d_C, pass ? C0 : nan, (size_t)m * n * 4), 0);

@@ -43,53 +43,12 @@
 
 /* ---- host helpers ------------------------------------------------------------------ */
 
-static float *fzero(size_t n)
-{
-    float *x = calloc(n ? n : 1, sizeof *x);
-    if (!x) abort();
-    return x;
-}
-
-static float *fcopy(const float *a, size_t n)
-{
-    float *x = fzero(n);
-    memcpy(x, a, n * sizeof *x);
-    return x;
-}
-
-static double maxrel(const float *a, const float *b, size_t n)
-{
-    double d = 0, m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)a[i] - b[i]);
-        if (e > d || e != e) d = e != e ? INFINITY : e;
-        if (fabs(b[i]) > m) m = fabs(b[i]);
-    }
-    return m > 0 ? d / m : d;
-}
-
 /* bf16 <-> fp32 on the host, round to nearest even (no NaNs here). */
-static uint16_t f2bf(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static float bf2f(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 /* Rounds x to what dt can hold. */
 static void round_dt(cu_dtype dt, float *x, size_t n)
 {
     if (dt == CU_BF16)
-        for (size_t i = 0; i < n; i++) x[i] = bf2f(f2bf(x[i]));
+        for (size_t i = 0; i < n; i++) x[i] = tu_bf2f(tu_f2bf(x[i]));
 }
 
 /* Random values representable in dt. */
@@ -103,7 +62,7 @@ static float *rand_dt(cu_dtype dt, size_t n, float lo, float hi)
 /* [n][c][s] <-> [n][s][c] */
 static float *to_cl(const float *x, int n, int c, size_t s)
 {
-    float *y = fzero((size_t)n * c * s);
+    float *y = tu_fzero((size_t)n * c * s);
     for (int b = 0; b < n; b++)
         for (int k = 0; k < c; k++)
             for (size_t v = 0; v < s; v++)
@@ -113,7 +72,7 @@ static float *to_cl(const float *x, int n, int c, size_t s)
 
 static float *to_nchw(const float *x, int n, int c, size_t s)
 {
-    float *y = fzero((size_t)n * c * s);
+    float *y = tu_fzero((size_t)n * c * s);
     for (int b = 0; b < n; b++)
         for (int k = 0; k < c; k++)
             for (size_t v = 0; v < s; v++)
@@ -154,7 +113,7 @@ static void *dup_dt(cu_ctx *c, cu_dtype dt, const float *h, size_t n)
     if (dt == CU_F32) return dup_f(c, h, n);
     uint16_t *t = malloc((n ? n : 1) * 2);
     if (!t) abort();
-    for (size_t i = 0; i < n; i++) t[i] = f2bf(h[i]);
+    for (size_t i = 0; i < n; i++) t[i] = tu_f2bf(h[i]);
     void *d = dup_bytes(c, t, n * 2);
     free(t);
     return d;
@@ -170,7 +129,7 @@ static void down_bytes(cu_ctx *c, void *h, const void *d, size_t bytes)
 
 static float *down_f(cu_ctx *c, const float *d, size_t n)
 {
-    float *h = fzero(n);
+    float *h = tu_fzero(n);
     down_bytes(c, h, d, n * sizeof(float));
     return h;
 }
@@ -181,8 +140,8 @@ static float *down_dt(cu_ctx *c, cu_dtype dt, const void *d, size_t n)
     uint16_t *t = malloc((n ? n : 1) * 2);
     if (!t) abort();
     down_bytes(c, t, d, n * 2);
-    float *h = fzero(n);
-    for (size_t i = 0; i < n; i++) h[i] = bf2f(t[i]);
+    float *h = tu_fzero(n);
+    for (size_t i = 0; i < n; i++) h[i] = tu_bf2f(t[i]);
     free(t);
     return h;
 }
@@ -201,7 +160,7 @@ static double tol_dt(cu_ctx *c, cu_dtype dt) { return dt == CU_BF16 ? 1e-2 : tol
 /* Compares n values, prints the error, fails the calling group. */
 #define CMP(what, got, ref, n, tol)                                                      \
     do {                                                                                 \
-        double r_ = maxrel((got), (ref), (n));                                           \
+        double r_ = tu_maxrel((got), (ref), (n));                                           \
         printf("  %-34s rel %.2e (bound %.0e)\n", (what), r_, (double)(tol));            \
         if (!(r_ <= (tol))) {                                                            \
             fprintf(stderr, "%s:%d: %s: rel %.3e > %.1e\n", __FILE__, __LINE__, (what),  \
@@ -273,7 +232,7 @@ static int g_memory(cu_ctx *c, cu_dtype dt)
     CHECK_EQ_INT(cu_dtype_parse(cu_dtype_name(dt), &back), 0);
     CHECK_EQ_INT(back, dt);
     size_t n = 1031, bytes = n * sizeof(float);
-    float *h = tu_frand(n, -1, 1), *h2 = fzero(n);
+    float *h = tu_frand(n, -1, 1), *h2 = tu_fzero(n);
     float *d = dup_f(c, h, n), *e = dnew(c, bytes);
     OK(cu_copy(c, e, d, bytes));
     down_bytes(c, h2, e, bytes);
@@ -353,7 +312,7 @@ static int g_convert(cu_ctx *c, cu_dtype dt)
     const size_t s = 517, N = (size_t)n * ch * s;
     double tol = tol_dt(c, dt);
     float *x = tu_frand(N, -3, 3); /* fp32, rounded by the kernel in bf16 */
-    float *xr = fcopy(x, N);
+    float *xr = tu_fcopy(x, N);
     round_dt(dt, xr, N);
     float *dx = dup_f(c, x, N);
     void *dy = dnew(c, N * cu_dtype_size(dt));
@@ -412,7 +371,7 @@ static int g_eltwise(cu_ctx *c, cu_dtype dt)
     double tol = tol_dt(c, dt);
     size_t es = cu_dtype_size(dt);
     float *x = rand_dt(dt, N, -2, 2), *y = rand_dt(dt, N, -2, 2), *g = rand_dt(dt, N, -1, 1);
-    float *d0 = rand_dt(dt, N, -1, 1), *ref = fzero(N), *got;
+    float *d0 = rand_dt(dt, N, -1, 1), *ref = tu_fzero(N), *got;
     void *dx = dup_dt(c, dt, x, N), *dy = dup_dt(c, dt, y, N), *dg = dup_dt(c, dt, g, N);
     void *dout = dnew(c, N * es);
 
@@ -470,7 +429,7 @@ static int g_eltwise(cu_ctx *c, cu_dtype dt)
     const size_t s = 211, NA = (size_t)n * ca * s, NB = (size_t)n * cb * s,
                  NO = (size_t)n * (ca + cb) * s;
     float *a = rand_dt(dt, NA, -1, 1), *b = rand_dt(dt, NB, -1, 1);
-    float *an = to_nchw(a, n, ca, s), *bn = to_nchw(b, n, cb, s), *on = fzero(NO);
+    float *an = to_nchw(a, n, ca, s), *bn = to_nchw(b, n, cb, s), *on = tu_fzero(NO);
     op_concat_forward_cpu(on, an, bn, n, ca, cb, s);
     float *oref = to_cl(on, n, ca + cb, s);
     void *da = dup_dt(c, dt, a, NA), *db = dup_dt(c, dt, b, NB), *dco = dnew(c, NO * es);
@@ -522,7 +481,7 @@ static int inorm_case(cu_ctx *c, cu_dtype dt, int n, int ch, size_t s, int affin
     /* An offset mean (HU-like scale after the first conv) tests the two passes. */
     float *x = rand_dt(dt, N, 3, 5), *gam = tu_frand(ch, 0.5, 1.5), *bet = tu_frand(ch, -1, 1);
     const float *G = affine ? gam : NULL, *B = affine ? bet : NULL;
-    float *xn = to_nchw(x, n, ch, s), *yn = fzero(N), *mean = fzero(nc), *rstd = fzero(nc);
+    float *xn = to_nchw(x, n, ch, s), *yn = tu_fzero(N), *mean = tu_fzero(nc), *rstd = tu_fzero(nc);
     op_inorm_forward_cpu(yn, mean, rstd, xn, G, B, n, ch, s);
     if (act) op_lrelu_forward_cpu(yn, yn, N, slope);
     float *yref = to_cl(yn, n, ch, s);
@@ -544,7 +503,7 @@ static int inorm_case(cu_ctx *c, cu_dtype dt, int n, int ch, size_t s, int affin
     float *g = rand_dt(dt, N, -1, 1), *d0 = rand_dt(dt, N, -1, 1);
     float *dg0 = tu_frand(ch, -1, 1), *db0 = tu_frand(ch, -1, 1);
     float *gn = to_nchw(g, n, ch, s), *dn = to_nchw(d0, n, ch, s);
-    float *dgr = fcopy(dg0, ch), *dbr = fcopy(db0, ch);
+    float *dgr = tu_fcopy(dg0, ch), *dbr = tu_fcopy(db0, ch);
     op_inorm_backward_cpu(dn, dgr, dbr, gn, xn, mean, rstd, G, n, ch, s);
     float *dref = to_cl(dn, n, ch, s);
     void *dgd = dup_dt(c, dt, g, N), *ddin = dup_dt(c, dt, d0, N);
@@ -570,7 +529,7 @@ static int inorm_case(cu_ctx *c, cu_dtype dt, int n, int ch, size_t s, int affin
 
     /* out = lrelu(inorm(h2) + inorm(hs)) */
     float *hs = rand_dt(dt, N, -2, 1), *hsn = to_nchw(hs, n, ch, s);
-    float *ysn = fzero(N), *ms = fzero(nc), *rs = fzero(nc), *y2n = fzero(N);
+    float *ysn = tu_fzero(N), *ms = tu_fzero(nc), *rs = tu_fzero(nc), *y2n = tu_fzero(N);
     float *gs = tu_frand(ch, 0.5, 1.5);
     op_inorm_forward_cpu(y2n, mean, rstd, xn, G, B, n, ch, s);
     op_inorm_forward_cpu(ysn, ms, rs, hsn, gs, NULL, n, ch, s);
@@ -638,7 +597,7 @@ static int loss_case(cu_ctx *c, cu_dtype dt, int n, int k, size_t s, int ignore,
     printf(" n %d k %d s %zu ignore %d first %d\n", n, k, s, ignore, first);
     float *x = rand_dt(dt, N, -3, 3), *xn = to_nchw(x, n, k, s);
     uint8_t *lab = rand_labels(NV, k);
-    float *pn = fzero(N);
+    float *pn = tu_fzero(N);
     void *dx = dup_dt(c, dt, x, N);
     uint8_t *dlab = dup_bytes(c, lab, NV);
     float *dp = dnew(c, N * 4), *dloss = dnew(c, 4);
@@ -699,7 +658,7 @@ static int loss_case(cu_ctx *c, cu_dtype dt, int n, int k, size_t s, int ignore,
     free(got);
 
     /* argmax, with ties (integer scores) */
-    float *t = fzero(N);
+    float *t = tu_fzero(N);
     for (size_t i = 0; i < N; i++) t[i] = (float)(int)(tu_urand() * 4) - 2;
     float *tn = to_nchw(t, n, k, s);
     uint8_t *aref = malloc(NV), *agot = malloc(NV);
@@ -768,7 +727,7 @@ static int pool_case(cu_ctx *c, cu_dtype dt, int n, int k, int ch, size_t s, int
         lab = malloc(NV);
         for (size_t i = 0; i < NV; i++) lab[i] = (uint8_t)(tu_urand() * 256);
     }
-    float *oref = fzero(NO);
+    float *oref = tu_fzero(NO);
     int64_t *cref = calloc(n * k, 8), *cgot = calloc(n * k, 8);
     for (int b = 0; b < n; b++)
         op_mpool_forward_cpu(oref + (size_t)b * k * ch, cref + (size_t)b * k,
@@ -805,7 +764,7 @@ static int pool_case(cu_ctx *c, cu_dtype dt, int n, int k, int ch, size_t s, int
     free(got);
 
     /* absent rows: zero where count is 0 */
-    float *x = tu_frand(NO, 1, 2), *xref = fcopy(x, NO), *dxr = dup_f(c, x, NO);
+    float *x = tu_frand(NO, 1, 2), *xref = tu_fcopy(x, NO), *dxr = dup_f(c, x, NO);
     int absent = 0;
     for (size_t r = 0; r < (size_t)n * k; r++)
         if (!cref[r]) {
@@ -848,7 +807,7 @@ static int g_rows(cu_ctx *c, cu_dtype dt)
     const size_t N = (size_t)rows * dim;
     float *x = tu_frand(N, -1, 1);
     memset(x + 2 * dim, 0, dim * 4);
-    float *y = fzero(N), *nrm = fzero(rows), *got;
+    float *y = tu_fzero(N), *nrm = tu_fzero(rows), *got;
     op_l2norm_forward_cpu(y, nrm, x, rows, dim);
     float *dx = dup_f(c, x, N), *dy = dnew(c, N * 4), *dn = dnew(c, rows * 4);
     OK(cu_l2norm_forward(c, dy, dn, dx, rows, dim));
@@ -858,7 +817,7 @@ static int g_rows(cu_ctx *c, cu_dtype dt)
     got = down_f(c, dn, rows);
     CMP("l2norm norm", got, nrm, rows, t32);
     free(got);
-    float *g = tu_frand(N, -1, 1), *d0 = tu_frand(N, -1, 1), *dref = fcopy(d0, N);
+    float *g = tu_frand(N, -1, 1), *d0 = tu_frand(N, -1, 1), *dref = tu_fcopy(d0, N);
     memset(g + 2 * dim, 0, dim * 4); /* the zero row's gradient would be 1e12 */
     op_l2norm_backward_cpu(dref, g, y, nrm, rows, dim);
     float *dg = dup_f(c, g, N), *dd = dup_f(c, d0, N);
@@ -874,7 +833,7 @@ static int g_rows(cu_ctx *c, cu_dtype dt)
     int pos[6] = {3, 0, -1, 8, 5, 5};
     uint8_t mask[6 * 9] = {0};
     mask[0 * 9 + 1] = mask[0 * 9 + 7] = mask[4 * 9 + 0] = mask[5 * 9 + 4] = 1;
-    float *pref = fzero((size_t)r * m), lref = 0;
+    float *pref = tu_fzero((size_t)r * m), lref = 0;
     CHECK_EQ_INT(op_infonce_forward_cpu(&lref, pref, a, b, pos, mask, r, m, e, tau), 0);
     float *da = dup_f(c, a, (size_t)r * e), *db = dup_f(c, b, (size_t)m * e);
     int *dpos = dup_bytes(c, pos, sizeof pos);
@@ -888,7 +847,7 @@ static int g_rows(cu_ctx *c, cu_dtype dt)
     CMP("infonce prob", got, pref, (size_t)r * m, t32);
     free(got);
     float *ga0 = tu_frand((size_t)r * e, -1, 1), *gb0 = tu_frand((size_t)m * e, -1, 1);
-    float *garef = fcopy(ga0, (size_t)r * e), *gbref = fcopy(gb0, (size_t)m * e);
+    float *garef = tu_fcopy(ga0, (size_t)r * e), *gbref = tu_fcopy(gb0, (size_t)m * e);
     op_infonce_backward_cpu(garef, gbref, 0.9f, pref, a, b, pos, r, m, e, tau);
     float *dga = dup_f(c, ga0, (size_t)r * e), *dgb = dup_f(c, gb0, (size_t)m * e);
     OK(cu_infonce_backward(c, dga, dgb, 0.9f, dp, da, db, dpos, r, m, e, tau));
@@ -987,7 +946,7 @@ static int window_case(cu_ctx *c, cu_dtype dt, int x0, int y0, int z0)
     const float fill = -1000;
     double tol = tol_dt(c, dt), t32 = tol32(c);
     printf(" window at %d %d %d\n", x0, y0, z0);
-    float *vol = tu_frand(V, -100, 100), *wref = fzero(S);
+    float *vol = tu_frand(V, -100, 100), *wref = tu_fzero(S);
     for (int z = 0; z < pd; z++)
         for (int y = 0; y < ph; y++)
             for (int x = 0; x < pw; x++) {
@@ -1003,7 +962,7 @@ static int window_case(cu_ctx *c, cu_dtype dt, int x0, int y0, int z0)
     free(got);
 
     float *win = rand_dt(dt, S * ch, -1, 1), *acc = tu_frand(V * ch, -1, 1);
-    float *ws = tu_frand(V, 0, 3), *aref = fcopy(acc, V * ch), *wsref = fcopy(ws, V);
+    float *ws = tu_frand(V, 0, 3), *aref = tu_fcopy(acc, V * ch), *wsref = tu_fcopy(ws, V);
     for (int z = 0; z < pd; z++)
         for (int y = 0; y < ph; y++)
             for (int x = 0; x < pw; x++) {

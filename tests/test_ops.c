@@ -28,31 +28,6 @@
 
 
 
-static float *fzero(size_t n)
-{
-    float *x = calloc(n ? n : 1, sizeof *x);
-    if (!x) abort();
-    return x;
-}
-
-static float *fcopy(const float *a, size_t n)
-{
-    float *x = fzero(n);
-    memcpy(x, a, n * sizeof *x);
-    return x;
-}
-
-static double maxrel(const float *a, const float *b, size_t n)
-{
-    double d = 0, m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)a[i] - b[i]);
-        if (e > d || e != e) d = e != e ? INFINITY : e;
-        if (fabs(b[i]) > m) m = fabs(b[i]);
-    }
-    return m > 0 ? d / m : d;
-}
-
 static int near(double a, double b, double tol) { return fabs(a - b) <= tol; }
 
 /* Checks analytic gradient g of length n against central differences of
@@ -62,7 +37,7 @@ typedef double (*loss_fn)(void *ud);
 static int gradcheck(const char *what, float *x, size_t n, const float *g, float h, loss_fn f,
                      void *ud)
 {
-    float *num = fzero(n);
+    float *num = tu_fzero(n);
     for (size_t i = 0; i < n; i++) {
         float x0 = x[i];
         x[i] = x0 + h;
@@ -72,7 +47,7 @@ static int gradcheck(const char *what, float *x, size_t n, const float *g, float
         x[i] = x0;
         num[i] = (float)((lp - lm) / (2.0 * h));
     }
-    double r = maxrel(g, num, n);
+    double r = tu_maxrel(g, num, n);
     printf("gradcheck %-28s n=%-5zu max rel err %.2e\n", what, n, r);
     free(num);
     return r <= 1e-2 ? 0 : 1;
@@ -172,20 +147,20 @@ static int test_conv_forward_vs_ref(void)
         const op_conv_geom *g = &gs[t];
         size_t ni = op_conv_in_count(g), no = op_conv_out_count(g), nw = op_conv_weight_count(g);
         float *in = tu_frand(ni, -1, 1), *w = tu_frand(nw, -1, 1), *b = tu_frand((size_t)g->cout, -1, 1);
-        float *o1 = tu_frand(no, -5, 5), *o2 = fzero(no); /* fast must overwrite */
+        float *o1 = tu_frand(no, -5, 5), *o2 = tu_fzero(no); /* fast must overwrite */
         op_conv *p = NULL;
         CHECK_EQ_INT(op_conv_new(c, g, &p), 0);
         CHECK_EQ_INT(op_conv3d_forward_cpu(p, o1, in, w, b), 0);
         op_conv3d_forward_ref(g, o2, in, w, b);
         char name[96];
         geom_name(g, name, sizeof name);
-        double r = maxrel(o1, o2, no);
+        double r = tu_maxrel(o1, o2, no);
         printf("forward %-32s fast vs ref rel %.2e  (%s)\n", name, r, op_conv_impl(p, 0));
         CHECK(r <= 1e-4);
         /* And without bias. */
         CHECK_EQ_INT(op_conv3d_forward_cpu(p, o1, in, w, NULL), 0);
         op_conv3d_forward_ref(g, o2, in, w, NULL);
-        CHECK(maxrel(o1, o2, no) <= 1e-4);
+        CHECK(tu_maxrel(o1, o2, no) <= 1e-4);
         op_conv_free(p);
         free(in), free(w), free(b), free(o1), free(o2);
     }
@@ -206,14 +181,14 @@ static int test_conv_backward_vs_ref(void)
         float *in = tu_frand(ni, -1, 1), *w = tu_frand(nw, -1, 1), *dout = tu_frand(no, -1, 1);
         /* Start the gradients from the same non-zero values: backward adds. */
         float *di1 = tu_frand(ni, -1, 1), *dw1 = tu_frand(nw, -1, 1), *db1 = tu_frand(nb, -1, 1);
-        float *di2 = fcopy(di1, ni), *dw2 = fcopy(dw1, nw), *db2 = fcopy(db1, nb);
+        float *di2 = tu_fcopy(di1, ni), *dw2 = tu_fcopy(dw1, nw), *db2 = tu_fcopy(db1, nb);
         op_conv *p = NULL;
         CHECK_EQ_INT(op_conv_new(c, g, &p), 0);
         CHECK_EQ_INT(op_conv3d_backward_cpu(p, di1, dw1, db1, dout, in, w), 0);
         op_conv3d_backward_ref(g, di2, dw2, db2, dout, in, w);
         char name[96];
         geom_name(g, name, sizeof name);
-        double ri = maxrel(di1, di2, ni), rw = maxrel(dw1, dw2, nw), rb = maxrel(db1, db2, nb);
+        double ri = tu_maxrel(di1, di2, ni), rw = tu_maxrel(dw1, dw2, nw), rb = tu_maxrel(db1, db2, nb);
         printf("backward %-31s rel din %.2e dw %.2e db %.2e  (%s / %s)\n", name, ri, rw, rb,
                op_conv_impl(p, 1), op_conv_impl(p, 2));
         CHECK(ri <= 1e-4 && rw <= 1e-4 && rb <= 1e-4);
@@ -224,9 +199,9 @@ static int test_conv_backward_vs_ref(void)
             CHECK_EQ_INT(op_conv3d_backward_cpu(p, NULL, dw1, db1, dout, in, w), 0);
             op_conv3d_backward_ref(g, di2, dw2, db2, dout, in, w);
         }
-        CHECK(maxrel(di1, di2, ni) <= 1e-4);
-        CHECK(maxrel(dw1, dw2, nw) <= 1e-4);
-        CHECK(maxrel(db1, db2, nb) <= 1e-4);
+        CHECK(tu_maxrel(di1, di2, ni) <= 1e-4);
+        CHECK(tu_maxrel(dw1, dw2, nw) <= 1e-4);
+        CHECK(tu_maxrel(db1, db2, nb) <= 1e-4);
         op_conv_free(p);
         free(in), free(w), free(dout), free(di1), free(dw1), free(db1), free(di2), free(dw2),
             free(db2);
@@ -265,14 +240,14 @@ static int test_conv_gradcheck(void)
         const op_conv_geom *g = &gs[t];
         size_t ni = op_conv_in_count(g), no = op_conv_out_count(g), nw = op_conv_weight_count(g);
         size_t nb = (size_t)g->cout;
-        conv_ud u = {NULL, g, tu_frand(ni, -1, 1), tu_frand(nw, -1, 1), tu_frand(nb, -1, 1), fzero(no),
+        conv_ud u = {NULL, g, tu_frand(ni, -1, 1), tu_frand(nw, -1, 1), tu_frand(nb, -1, 1), tu_fzero(no),
                      tu_frand(no, -1, 1), 0};
         CHECK_EQ_INT(op_conv_new(c, g, &u.p), 0);
         char name[96];
         geom_name(g, name, sizeof name);
         /* Both the fast path and the reference (the oracle) are checked. */
         for (int ref = 0; ref < 2; ref++) {
-            float *di = fzero(ni), *dw = fzero(nw), *db = fzero(nb);
+            float *di = tu_fzero(ni), *dw = tu_fzero(nw), *db = tu_fzero(nb);
             u.ref = ref;
             if (ref)
                 op_conv3d_backward_ref(g, di, dw, db, u.r, u.in, u.w);
@@ -339,9 +314,9 @@ static int test_elementwise_gradcheck(void)
     for (int op = 0; op < 2; op++) {
         ew_ud u = {.op = op, .n = 301};
         u.a = away_from_zero(u.n);
-        u.out = fzero(u.n);
+        u.out = tu_fzero(u.n);
         u.r = tu_frand(u.n, -1, 1);
-        float *da = tu_frand(u.n, -1, 1), *da0 = fcopy(da, u.n);
+        float *da = tu_frand(u.n, -1, 1), *da0 = tu_fcopy(da, u.n);
         if (op == 0)
             op_lrelu_backward_cpu(da, u.r, u.a, u.n, 0.01f);
         else
@@ -352,10 +327,10 @@ static int test_elementwise_gradcheck(void)
         ew_loss(&u);
         for (size_t i = 0; i < u.n; i++)
             CHECK(u.out[i] == (u.a[i] > 0 ? u.a[i] : (op ? 0.0f : 0.01f * u.a[i])));
-        float *da2 = fzero(u.n);
+        float *da2 = tu_fzero(u.n);
         if (op == 0) op_lrelu_backward_cpu(da2, u.r, u.out, u.n, 0.01f);
         else op_relu_backward_cpu(da2, u.r, u.out, u.n);
-        CHECK(maxrel(da2, da, u.n) <= 1e-6);
+        CHECK(tu_maxrel(da2, da, u.n) <= 1e-6);
         free(u.a), free(u.out), free(u.r), free(da), free(da0), free(da2);
     }
     /* Residual add. */
@@ -363,9 +338,9 @@ static int test_elementwise_gradcheck(void)
         ew_ud u = {.op = 2, .n = 77};
         u.a = tu_frand(u.n, -1, 1);
         u.b = tu_frand(u.n, -1, 1);
-        u.out = fzero(u.n);
+        u.out = tu_fzero(u.n);
         u.r = tu_frand(u.n, -1, 1);
-        float *da = fzero(u.n), *db = fzero(u.n);
+        float *da = tu_fzero(u.n), *db = tu_fzero(u.n);
         op_add_backward_cpu(da, db, u.r, u.n);
         CHECK(gradcheck("add a", u.a, u.n, da, 1e-2f, ew_loss, &u) == 0);
         CHECK(gradcheck("add b", u.b, u.n, db, 1e-2f, ew_loss, &u) == 0);
@@ -377,11 +352,11 @@ static int test_elementwise_gradcheck(void)
         size_t na = 2 * 3 * 7, nb = 2 * 2 * 7;
         u.a = tu_frand(na, -1, 1);
         u.b = tu_frand(nb, -1, 1);
-        u.out = fzero(ew_out_count(&u));
+        u.out = tu_fzero(ew_out_count(&u));
         u.r = tu_frand(ew_out_count(&u), -1, 1);
         ew_loss(&u);
         CHECK(u.out[0] == u.a[0] && u.out[3 * 7] == u.b[0] && u.out[5 * 7] == u.a[3 * 7]);
-        float *da = fzero(na), *db = fzero(nb);
+        float *da = tu_fzero(na), *db = tu_fzero(nb);
         op_concat_backward_cpu(da, db, u.r, 2, 3, 2, 7);
         CHECK(gradcheck("concat a", u.a, na, da, 1e-2f, ew_loss, &u) == 0);
         CHECK(gradcheck("concat b", u.b, nb, db, 1e-2f, ew_loss, &u) == 0);
@@ -392,12 +367,12 @@ static int test_elementwise_gradcheck(void)
         ew_ud u = {.op = 4, .n = 3, .d = 2, .h = 3, .w = 5};
         size_t ni = 3 * 2 * 3 * 5, no = ew_out_count(&u);
         u.a = tu_frand(ni, -1, 1);
-        u.out = fzero(no);
+        u.out = tu_fzero(no);
         u.r = tu_frand(no, -1, 1);
         ew_loss(&u);
         /* out[p=1][z=3][y=5][x=9] comes from in[1][1][2][4]. */
         CHECK(u.out[((1 * 4 + 3) * 6 + 5) * 10 + 9] == u.a[((1 * 2 + 1) * 3 + 2) * 5 + 4]);
-        float *da = fzero(ni);
+        float *da = tu_fzero(ni);
         op_upsample2_backward_cpu(da, u.r, 3, 2, 3, 5);
         CHECK(gradcheck("upsample2", u.a, ni, da, 1e-2f, ew_loss, &u) == 0);
         free(u.a), free(u.out), free(u.r), free(da);
@@ -429,17 +404,17 @@ static int test_inorm(void)
     for (size_t i = 0; i < u.s; i++) u.x[i] += 1000.0f;
     u.gamma = tu_frand(3, 0.5f, 1.5f);
     u.beta = tu_frand(3, -1, 1);
-    u.out = fzero(nx);
-    u.mean = fzero(6);
-    u.rstd = fzero(6);
+    u.out = tu_fzero(nx);
+    u.mean = tu_fzero(6);
+    u.rstd = tu_fzero(6);
     u.r = tu_frand(nx, -1, 1);
-    float *o2 = fzero(nx), *m2 = fzero(6), *r2 = fzero(6);
+    float *o2 = tu_fzero(nx), *m2 = tu_fzero(6), *r2 = tu_fzero(6);
     inorm_loss(&u);
     op_inorm_forward_ref(o2, m2, r2, u.x, u.gamma, u.beta, u.n, u.c, u.s);
-    double rf = maxrel(u.out, o2, nx);
+    double rf = tu_maxrel(u.out, o2, nx);
     printf("inorm forward fast vs ref rel %.2e\n", rf);
     CHECK(rf <= 1e-4);
-    CHECK(maxrel(u.mean, m2, 6) <= 1e-6 && maxrel(u.rstd, r2, 6) <= 1e-4);
+    CHECK(tu_maxrel(u.mean, m2, 6) <= 1e-6 && tu_maxrel(u.rstd, r2, 6) <= 1e-4);
     /* Normalised output: per plane mean beta, std |gamma| (up to eps). */
     for (int p = 0; p < 6; p++) {
         double m = 0, v = 0;
@@ -450,14 +425,14 @@ static int test_inorm(void)
         CHECK(near(m, u.beta[p % 3], 1e-4));
         CHECK(near(sqrt(v), u.gamma[p % 3], 1e-3));
     }
-    float *dx = fzero(nx), *dg = fzero(3), *dbt = fzero(3);
-    float *dx2 = fzero(nx), *dg2 = fzero(3), *db2 = fzero(3);
+    float *dx = tu_fzero(nx), *dg = tu_fzero(3), *dbt = tu_fzero(3);
+    float *dx2 = tu_fzero(nx), *dg2 = tu_fzero(3), *db2 = tu_fzero(3);
     op_inorm_backward_cpu(dx, dg, dbt, u.r, u.x, u.mean, u.rstd, u.gamma, u.n, u.c, u.s);
     op_inorm_backward_ref(dx2, dg2, db2, u.r, u.x, u.mean, u.rstd, u.gamma, u.n, u.c, u.s);
-    double rb = maxrel(dx, dx2, nx);
+    double rb = tu_maxrel(dx, dx2, nx);
     printf("inorm backward fast vs ref rel dx %.2e dgamma %.2e dbeta %.2e\n", rb,
-           maxrel(dg, dg2, 3), maxrel(dbt, db2, 3));
-    CHECK(rb <= 1e-4 && maxrel(dg, dg2, 3) <= 1e-4 && maxrel(dbt, db2, 3) <= 1e-4);
+           tu_maxrel(dg, dg2, 3), tu_maxrel(dbt, db2, 3));
+    CHECK(rb <= 1e-4 && tu_maxrel(dg, dg2, 3) <= 1e-4 && tu_maxrel(dbt, db2, 3) <= 1e-4);
     /* Finite differences on an input without the offset (h must be small
      * against the spread of the plane, not against 1000). */
     for (size_t i = 0; i < u.s; i++) u.x[i] -= 1000.0f;
@@ -495,17 +470,17 @@ static int test_linear(void)
     u.x = tu_frand(nx, -1, 1);
     u.w = tu_frand(nw, -1, 1);
     u.b = tu_frand(4, -1, 1);
-    u.out = fzero(no);
+    u.out = tu_fzero(no);
     u.r = tu_frand(no, -1, 1);
-    float *o2 = fzero(no);
+    float *o2 = tu_fzero(no);
     linear_loss(&u);
     op_linear_forward_ref(o2, u.x, u.w, u.b, 5, 7, 4);
-    CHECK(maxrel(u.out, o2, no) <= 1e-5);
-    float *dx = fzero(nx), *dw = fzero(nw), *db = fzero(4);
-    float *dx2 = fzero(nx), *dw2 = fzero(nw), *db2 = fzero(4);
+    CHECK(tu_maxrel(u.out, o2, no) <= 1e-5);
+    float *dx = tu_fzero(nx), *dw = tu_fzero(nw), *db = tu_fzero(4);
+    float *dx2 = tu_fzero(nx), *dw2 = tu_fzero(nw), *db2 = tu_fzero(4);
     op_linear_backward_cpu(dx, dw, db, u.r, u.x, u.w, 5, 7, 4);
     op_linear_backward_ref(dx2, dw2, db2, u.r, u.x, u.w, 5, 7, 4);
-    CHECK(maxrel(dx, dx2, nx) <= 1e-5 && maxrel(dw, dw2, nw) <= 1e-5 && maxrel(db, db2, 4) <= 1e-5);
+    CHECK(tu_maxrel(dx, dx2, nx) <= 1e-5 && tu_maxrel(dw, dw2, nw) <= 1e-5 && tu_maxrel(db, db2, 4) <= 1e-5);
     CHECK(gradcheck("linear dx", u.x, nx, dx, 1e-2f, linear_loss, &u) == 0);
     CHECK(gradcheck("linear dw", u.w, nw, dw, 1e-2f, linear_loss, &u) == 0);
     CHECK(gradcheck("linear db", u.b, 4, db, 1e-2f, linear_loss, &u) == 0);
@@ -526,16 +501,16 @@ static int test_l2norm(void)
     lin_ud u = {.rows = 4, .cin = 6};
     size_t n = 24;
     u.x = tu_frand(n, -1, 1);
-    u.out = fzero(n);
+    u.out = tu_fzero(n);
     u.r = tu_frand(n, -1, 1);
-    u.norm = fzero(4);
+    u.norm = tu_fzero(4);
     l2_loss(&u);
     for (int r = 0; r < 4; r++) {
         double t = dot_d(u.out + r * 6, u.out + r * 6, 6);
         CHECK(near(t, 1.0, 1e-6));
         CHECK(near(u.norm[r], sqrt(dot_d(u.x + r * 6, u.x + r * 6, 6)), 1e-6));
     }
-    float *dx = fzero(n);
+    float *dx = tu_fzero(n);
     op_l2norm_backward_cpu(dx, u.r, u.out, u.norm, 4, 6);
     CHECK(gradcheck("l2norm dx", u.x, n, dx, 1e-3f, l2_loss, &u) == 0);
     free(u.x), free(u.out), free(u.r), free(u.norm), free(dx);
@@ -602,18 +577,18 @@ static int test_ce_vs_ref_and_grad(void)
     seg_ud u = {.n = 2, .k = 4, .s = 37, .ignore = 3};
     size_t nl = (size_t)u.n * u.k * u.s, nv = (size_t)u.n * u.s;
     u.logits = tu_frand(nl, -3, 3);
-    u.prob = fzero(nl);
+    u.prob = tu_fzero(nl);
     u.label = malloc(nv);
     for (size_t v = 0; v < nv; v++) u.label[v] = (uint8_t)(tu_urand() * 4.2); /* 4: out of range */
     float cw[4] = {0.5f, 1.0f, 2.0f, 1.5f};
     u.cw = cw;
-    float l1, l2, *p2 = fzero(nl);
+    float l1, l2, *p2 = tu_fzero(nl);
     CHECK_EQ_INT(op_softmax_ce_forward_cpu(&l1, u.prob, u.logits, u.label, cw, 3, 2, 4, 37), 0);
     CHECK_EQ_INT(op_softmax_ce_forward_ref(&l2, p2, u.logits, u.label, cw, 3, 2, 4, 37), 0);
     printf("ce fast %.7f ref %.7f\n", l1, l2);
     CHECK(near(l1, l2, 1e-5 * fabs(l2)));
-    CHECK(maxrel(u.prob, p2, nl) <= 1e-5);
-    float *dl = fzero(nl);
+    CHECK(tu_maxrel(u.prob, p2, nl) <= 1e-5);
+    float *dl = tu_fzero(nl);
     op_softmax_ce_backward_cpu(dl, 1.0f, u.prob, u.label, cw, 3, 2, 4, 37);
     CHECK(gradcheck("softmax ce dlogits", u.logits, nl, dl, 1e-2f, seg_loss, &u) == 0);
     /* The probabilities of a voxel sum to 1. */
@@ -657,7 +632,7 @@ static int test_dice_vs_ref_and_grad(void)
     seg_ud u = {.n = 2, .k = 4, .s = 29, .ignore = 200, .first = 1};
     size_t nl = (size_t)u.n * u.k * u.s, nv = (size_t)u.n * u.s;
     u.logits = tu_frand(nl, -2, 2);
-    u.prob = fzero(nl);
+    u.prob = tu_fzero(nl);
     u.label = malloc(nv);
     for (size_t v = 0; v < nv; v++) u.label[v] = (uint8_t)(tu_urand() * 3); /* class 3 absent */
     u.label[5] = 200;
@@ -668,12 +643,12 @@ static int test_dice_vs_ref_and_grad(void)
     printf("dice fast %.7f ref %.7f\n", l1, l2);
     CHECK(near(l1, l2, 1e-5));
     /* With respect to the probabilities directly ... */
-    float *dp = fzero(nl);
+    float *dp = tu_fzero(nl);
     CHECK_EQ_INT(op_dice_backward_cpu(dp, 1.0f, u.prob, u.label, 200, 1, 2, 4, 29), 0);
     u.which = 2;
     CHECK(gradcheck("dice dprob", u.prob, nl, dp, 1e-3f, seg_loss, &u) == 0);
     /* ... and through the softmax to the logits. */
-    float *dl = fzero(nl);
+    float *dl = tu_fzero(nl);
     op_softmax_forward_cpu(u.prob, u.logits, u.n, u.k, u.s);
     memset(dp, 0, nl * sizeof *dp);
     CHECK_EQ_INT(op_dice_backward_cpu(dp, 1.0f, u.prob, u.label, 200, 1, 2, 4, 29), 0);
@@ -739,21 +714,21 @@ static int test_mpool(void)
     mp_ud u = {.k = 5, .c = 3, .s = 6 * 5 * 4};
     size_t nf = (size_t)u.c * u.s;
     u.feat = tu_frand(nf, -1, 1);
-    u.out = fzero((size_t)u.k * u.c);
+    u.out = tu_fzero((size_t)u.k * u.c);
     u.r = tu_frand((size_t)u.k * u.c, -1, 1);
     u.count = calloc((size_t)u.k, sizeof *u.count);
     u.label = malloc(u.s);
     for (size_t v = 0; v < u.s; v++) u.label[v] = (uint8_t)(tu_urand() * 6); /* 5: skipped */
     for (size_t v = 0; v < u.s; v++)
         if (u.label[v] == 3) u.label[v] = 0; /* label 3 absent */
-    float *o2 = fzero((size_t)u.k * u.c);
+    float *o2 = tu_fzero((size_t)u.k * u.c);
     int64_t c2[5];
     mpool_loss(&u);
     op_mpool_forward_ref(o2, c2, u.feat, u.label, u.k, u.c, u.s);
-    CHECK(maxrel(u.out, o2, (size_t)u.k * u.c) <= 1e-6);
+    CHECK(tu_maxrel(u.out, o2, (size_t)u.k * u.c) <= 1e-6);
     for (int j = 0; j < 5; j++) CHECK_EQ_INT(u.count[j], c2[j]);
     CHECK_EQ_INT(u.count[3], 0);
-    float *dfeat = fzero(nf);
+    float *dfeat = tu_fzero(nf);
     op_mpool_backward_cpu(dfeat, u.r, u.count, u.label, u.k, u.c, u.s);
     CHECK(gradcheck("mpool dfeat", u.feat, nf, dfeat, 1e-2f, mpool_loss, &u) == 0);
     free(u.feat), free(u.out), free(u.r), free(u.count), free(u.label), free(o2), free(dfeat);
@@ -835,7 +810,7 @@ static int test_infonce_grad_and_mask(void)
     u.b = tu_frand(35, -1, 1);
     normalise_rows(u.a, 4, 5);
     normalise_rows(u.b, 7, 5);
-    u.prob = fzero(28);
+    u.prob = tu_fzero(28);
     int pos[4] = {0, 1, -1, 3};
     u.pos = pos;
     uint8_t mask[28] = {0};
@@ -843,10 +818,10 @@ static int test_infonce_grad_and_mask(void)
     mask[3 * 7 + 0] = 1;
     mask[1 * 7 + 6] = 1;
     u.mask = mask;
-    float l1, l2, *p2 = fzero(28);
+    float l1, l2, *p2 = tu_fzero(28);
     CHECK_EQ_INT(op_infonce_forward_cpu(&l1, u.prob, u.a, u.b, pos, mask, 4, 7, 5, u.tau), 0);
     CHECK_EQ_INT(op_infonce_forward_ref(&l2, p2, u.a, u.b, pos, mask, 4, 7, 5, u.tau), 0);
-    CHECK(near(l1, l2, 1e-5 * fabs(l2)) && maxrel(u.prob, p2, 28) <= 1e-5);
+    CHECK(near(l1, l2, 1e-5 * fabs(l2)) && tu_maxrel(u.prob, p2, 28) <= 1e-5);
     CHECK(u.prob[3] == 0.0f && u.prob[3 * 7] == 0.0f && u.prob[7 + 6] == 0.0f);
     for (int j = 0; j < 7; j++) CHECK(u.prob[2 * 7 + j] == 0.0f);
     /* A masked column really is out: moving it changes nothing.  Column 6
@@ -865,7 +840,7 @@ static int test_infonce_grad_and_mask(void)
     CHECK(lb > la + 0.1f); /* unmasked, the same column does change it */
     memcpy(u.b + 30, keep, sizeof keep);
 
-    float *da = fzero(20), *db = fzero(35);
+    float *da = tu_fzero(20), *db = tu_fzero(35);
     nce_loss(&u);
     op_infonce_backward_cpu(da, db, 1.0f, u.prob, u.a, u.b, pos, 4, 7, 5, u.tau);
     /* Row 2 is skipped: no gradient reaches it. */
@@ -877,11 +852,11 @@ static int test_infonce_grad_and_mask(void)
     nce_ud v = {.r = 4, .m = 7, .e = 5, .tau = 0.1f, .clip = 1, .mask = mask};
     v.a = u.a;
     v.b = u.b;
-    v.prob = fzero(28);
-    v.prob2 = fzero(16);
+    v.prob = tu_fzero(28);
+    v.prob2 = tu_fzero(16);
     mask[0 * 7 + 3] = 0; /* the text->image direction reads the transpose */
     mask[0 * 7 + 2] = 1;
-    float *dimg = fzero(20), *dtxt = fzero(35);
+    float *dimg = tu_fzero(20), *dtxt = tu_fzero(35);
     nce_loss(&v);
     CHECK(v.prob2[2 * 4 + 0] == 0.0f); /* text 2 ignores image 0 */
     op_clip_backward_cpu(dimg, dtxt, 1.0f, v.prob, v.prob2, v.a, v.b, 4, 7, 5, v.tau);
@@ -966,10 +941,10 @@ static int test_threads_deterministic(void)
         op_set_threads(t + 1);
         CHECK_EQ_INT(op_get_threads() >= 1, 1);
         float mean[8], rstd[8];
-        out[t] = fzero(nx);
-        dx[t] = fzero(nx);
-        dg[t] = fzero(4);
-        prob[t] = fzero((size_t)n * k * s);
+        out[t] = tu_fzero(nx);
+        dx[t] = tu_fzero(nx);
+        dg[t] = tu_fzero(4);
+        prob[t] = tu_fzero((size_t)n * k * s);
         op_inorm_forward_cpu(out[t], mean, rstd, x, ga, be, n, c, s);
         op_inorm_backward_cpu(dx[t], dg[t], NULL, g, x, mean, rstd, ga, n, c, s);
         /* Reuse x as logits of k=4 classes. */
@@ -978,12 +953,12 @@ static int test_threads_deterministic(void)
         op_conv *p = NULL;
         CHECK_EQ_INT(op_ctx_new(&cx), 0);
         CHECK_EQ_INT(op_conv_new(cx, &cg, &p), 0);
-        co[t] = fzero(cn);
+        co[t] = tu_fzero(cn);
         CHECK_EQ_INT(op_conv3d_forward_cpu(p, co[t], x, w, NULL), 0);
         /* Run to run, the backward (with its cross-thread weight-gradient
          * reduction) gives the same bits: exact resume depends on it. */
         size_t nw = op_conv_weight_count(&cg), ni = op_conv_in_count(&cg);
-        float *dw1 = fzero(nw), *dw2 = fzero(nw), *di1 = fzero(ni), *di2 = fzero(ni);
+        float *dw1 = tu_fzero(nw), *dw2 = tu_fzero(nw), *di1 = tu_fzero(ni), *di2 = tu_fzero(ni);
         CHECK_EQ_INT(op_conv3d_backward_cpu(p, di1, dw1, NULL, co[t], x, w), 0);
         CHECK_EQ_INT(op_conv3d_backward_cpu(p, di2, dw2, NULL, co[t], x, w), 0);
         CHECK(memcmp(dw1, dw2, nw * sizeof(float)) == 0);

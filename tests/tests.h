@@ -49,6 +49,15 @@ float *tu_frand(size_t n, float lo, float hi);
  * NULL.  Returns its exit status. */
 int tu_phantom(const char *first, ...);
 
+/* Zeroed floats (aborts when out of memory); a copy of a; the largest
+ * |a - b| over the largest |b| (NaN anywhere: infinity). */
+float *tu_fzero(size_t n);
+float *tu_fcopy(const float *a, size_t n);
+double tu_maxrel(const float *a, const float *b, size_t n);
+/* fp32 -> bf16 bits, rounded to nearest even; and back. */
+uint16_t tu_f2bf(float f);
+float tu_bf2f(uint16_t h);
+
 /* $CTG_ROOT/rel (the source tree; "." when unset); two buffers in turn. */
 const char *tu_root_path(const char *rel);
 /* A tiny model of TU_TINY_K abdominal organs (width 4, depth 2, patch 16,

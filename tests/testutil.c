@@ -6,7 +6,9 @@
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "tests.h"
 #include "core/organs.h"
@@ -98,4 +100,45 @@ mdl_model *tu_tiny_model(int embed_dim, int text_dim, const char *text_id)
     if (mdl_new(&c, ids, text_id, 7, &m, why, sizeof why) != 0)
         fprintf(stderr, "mdl_new: %s\n", why);
     return m;
+}
+
+float *tu_fzero(size_t n)
+{
+    float *x = calloc(n ? n : 1, sizeof *x);
+    if (!x) abort();
+    return x;
+}
+
+float *tu_fcopy(const float *a, size_t n)
+{
+    float *x = tu_fzero(n);
+    memcpy(x, a, n * sizeof *x);
+    return x;
+}
+
+double tu_maxrel(const float *a, const float *b, size_t n)
+{
+    double d = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]);
+        if (e > d || e != e) d = e != e ? INFINITY : e;
+        if (fabs(b[i]) > m) m = fabs(b[i]);
+    }
+    return m > 0 ? d / m : d;
+}
+
+uint16_t tu_f2bf(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float tu_bf2f(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
 }
