@@ -910,10 +910,7 @@ int mdl_text_backward(mdl_model *m, const float *dout, const float *out, const f
 
 /* ---- sliding-window inference --------------------------------------------------------------- */
 
-/* Window starts along one axis of length len for windows of size win
- * stepping by step; the last one is flush with the far edge (or 0 when the
- * axis is shorter than a window).  Returns the count. */
-static int starts(int len, int win, int step, int *st, int cap)
+int mdl_window_starts(int len, int win, int step, int *st, int cap)
 {
     int k = 0;
     for (int s = 0; k < cap; s += step) {
@@ -965,9 +962,9 @@ int mdl_infer(const mdl_model *m, mdl_acts *a, const ctg_vol *hu, float overlap,
 
     int stz = (int)lroundf(pd * (1.0f - overlap)), sty = (int)lroundf(ph * (1.0f - overlap)),
         stx = (int)lroundf(pw * (1.0f - overlap));
-    int nwz = starts(nz, pd, stz > 0 ? stz : 1, sz, nz + 1);
-    int nwy = starts(ny, ph, sty > 0 ? sty : 1, sy, ny + 1);
-    int nwx = starts(nx, pw, stx > 0 ? stx : 1, sx, nx + 1);
+    int nwz = mdl_window_starts(nz, pd, stz > 0 ? stz : 1, sz, nz + 1);
+    int nwy = mdl_window_starts(ny, ph, sty > 0 ? sty : 1, sy, ny + 1);
+    int nwx = mdl_window_starts(nx, pw, stx > 0 ? stx : 1, sx, nx + 1);
     const float *src = hu->data;
     for (int iz = 0; iz < nwz; iz++)
         for (int iy = 0; iy < nwy; iy++)

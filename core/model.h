@@ -250,6 +250,12 @@ int mdl_text_backward(mdl_model *m, const float *dout, const float *out, const f
 int mdl_infer(const mdl_model *m, mdl_acts *a, const ctg_vol *hu, float overlap,
               ctg_vol **labels, float *embed, int64_t *count, float *logits);
 
+/* Window starts along one axis of length len for windows of size win
+ * stepping by step (>= 1): the last one is flush with the far edge (0 when
+ * the axis is shorter than a window).  Writes at most cap starts into st
+ * and returns their count.  mdl_infer's windows, shared with the GPU's. */
+int mdl_window_starts(int len, int win, int step, int *st, int cap);
+
 /* ---- model file (model_io.c) ------------------------------------------------ */
 
 /* File layout, little-endian, version 2:

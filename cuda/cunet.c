@@ -921,21 +921,6 @@ int cu_text_backward(cu_model *g, const float *dout, const float *out, const flo
 
 /* ---- sliding-window inference ----------------------------------------------------------------- */
 
-/* model.c's starts(): window starts along one axis, the last flush with
- * the far edge (0 when the axis is shorter than a window). */
-static int starts(int len, int win, int step, int *st, int cap)
-{
-    int k = 0;
-    for (int s = 0; k < cap; s += step) {
-        if (s + win >= len) {
-            st[k++] = len - win > 0 ? len - win : 0;
-            break;
-        }
-        st[k++] = s;
-    }
-    return k;
-}
-
 static int infer_windows(cu_model *g, cu_acts *a, const ctg_vol *hu, float overlap, float *lsum,
                          float *fsum, float *wsum, const float *vol, int *sz, int *sy, int *sx)
 {
@@ -945,9 +930,9 @@ static int infer_windows(cu_model *g, cu_acts *a, const ctg_vol *hu, float overl
     int nx = hu->nx, ny = hu->ny, nz = hu->nz, k1 = a->k1, C0 = g->ch[0], err;
     int stz = (int)lroundf(pd * (1.0f - overlap)), sty = (int)lroundf(ph * (1.0f - overlap)),
         stx = (int)lroundf(pw * (1.0f - overlap));
-    int nwz = starts(nz, pd, stz > 0 ? stz : 1, sz, nz + 1);
-    int nwy = starts(ny, ph, sty > 0 ? sty : 1, sy, ny + 1);
-    int nwx = starts(nx, pw, stx > 0 ? stx : 1, sx, nx + 1);
+    int nwz = mdl_window_starts(nz, pd, stz > 0 ? stz : 1, sz, nz + 1);
+    int nwy = mdl_window_starts(ny, ph, sty > 0 ? sty : 1, sy, ny + 1);
+    int nwx = mdl_window_starts(nx, pw, stx > 0 ? stx : 1, sx, nx + 1);
     for (int iz = 0; iz < nwz; iz++)
         for (int iy = 0; iy < nwy; iy++)
             for (int ix = 0; ix < nwx; ix++) {

@@ -28,16 +28,7 @@ static int setup(ctg_vol **ct)
                    NULL) != 0)
         return -1;
     char why[256] = "";
-    txt_encoder *enc = NULL;
-    if (txt_open("glove", tu_root_path(TXT_GLOVE_DEFAULT), &enc, why, sizeof why) < 0) return -1;
-    mdl_model *m = tu_tiny_model(txt_dim(enc), 0, txt_identity(enc));
-    txt_close(enc);
-    if (!m) return -1;
-    float sp[3] = {6, 6, 6};
-    mdl_set_spacing(m, sp);
-    int rc = mdl_save(m, "m.ctglip", why, sizeof why);
-    mdl_free(m);
-    if (rc < 0) return -1;
+    if (tu_tiny_model_save("m.ctglip") < 0) return -1;
     if (ctg_nifti_read("p/case_0000/ct.nii.gz", CTG_F32, ct, why, sizeof why) < 0 ||
         ctg_vol_canonical(*ct) < 0) {
         fprintf(stderr, "phantom CT: %s\n", why);

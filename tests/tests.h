@@ -66,6 +66,9 @@ const char *tu_root_path(const char *rel);
 extern const char *const tu_tiny_organs[TU_TINY_K];
 struct mdl_model;
 struct mdl_model *tu_tiny_model(int embed_dim, int text_dim, const char *text_id);
+/* tu_tiny_model with the GloVe text encoder's dimension and identity,
+ * trained spacing 6 mm, saved to path.  0 or -1 (the reason on stderr). */
+int tu_tiny_model_save(const char *path);
 
 /* NULL-terminated tables, one per test file. */
 extern const test_case store_tests[];

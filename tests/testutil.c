@@ -13,6 +13,7 @@
 #include "tests.h"
 #include "core/organs.h"
 #include "core/model.h"
+#include "core/text.h"
 #include "tools/tools.h"
 
 char *tu_slurp(const char *path, size_t *len)
@@ -141,4 +142,26 @@ float tu_bf2f(uint16_t h)
     float f;
     memcpy(&f, &u, 4);
     return f;
+}
+
+int tu_tiny_model_save(const char *path)
+{
+    char why[256] = "";
+    txt_encoder *enc = NULL;
+    if (txt_open("glove", tu_root_path(TXT_GLOVE_DEFAULT), &enc, why, sizeof why) < 0) {
+        fprintf(stderr, "text encoder: %s\n", why);
+        return -1;
+    }
+    mdl_model *m = tu_tiny_model(txt_dim(enc), 0, txt_identity(enc));
+    txt_close(enc);
+    if (!m) return -1;
+    float sp[3] = {6, 6, 6};
+    mdl_set_spacing(m, sp);
+    int rc = mdl_save(m, path, why, sizeof why);
+    mdl_free(m);
+    if (rc < 0) {
+        fprintf(stderr, "model: %s\n", why);
+        return -1;
+    }
+    return 0;
 }
