@@ -34,7 +34,7 @@ expect_eq "$(grep -c '\.dcm$' "$T/spool.before")" 40 "spool listing (20 files, e
 
 # A file to spoil: one of the stored slices, so every bad copy below also
 # claims the SOP Instance UID of an instance already held.
-good=$(ls "$T/in"/*.dcm | head -n 1)
+good=$(ls "$T/in"/*.dcm | sed -n 1p)
 sop=$(basename "$good" .dcm)
 mkdir -p "$T/bad"
 uid_of() { dcmdump -q -Un +P "$2" "$1" | sed -n 's/.*\[\(.*\)\].*/\1/p'; }

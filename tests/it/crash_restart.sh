@@ -81,7 +81,7 @@ note "restart"
 logoff=$(stat -c %s "$T/daemon.log")
 start_daemon
 [ -z "$(ls -A "$T/spool/.tmp")" ] || fail "stray files in spool/.tmp after restart: $(ls -A "$T/spool/.tmp")"
-tail -c +$((logoff + 1)) "$T/daemon.log" | grep -q "removed $ntmp_before unfinished temp file(s)" \
+tail -c +$((logoff + 1)) "$T/daemon.log" | grep "removed $ntmp_before unfinished temp file(s)" >/dev/null \
     || fail "restart did not log the removal of $ntmp_before temp file(s)"
 # One association sends one instance at a time, so at most the one in
 # flight may have been committed without its response reaching storescu.
@@ -95,7 +95,7 @@ sql 'SELECT path FROM instances' | sort > "$T/indexed.list"
 unindexed=$(comm -23 "$T/ondisk.list" "$T/indexed.list" | wc -l)
 [ "$unindexed" -le 1 ] || fail "$unindexed spool files are not indexed"
 [ -z "$(comm -13 "$T/ondisk.list" "$T/indexed.list")" ] \
-    || fail "indexed but missing from the spool: $(comm -13 "$T/ondisk.list" "$T/indexed.list" | head -3)"
+    || fail "indexed but missing from the spool: $(comm -13 "$T/ondisk.list" "$T/indexed.list" | sed -n 1,3p)"
 expect_eq "$(sql 'SELECT count(*) FROM jobs')" 0 "jobs right after the restart"
 
 note "re-sending the $((N - nacked)) unacknowledged instances"
@@ -146,7 +146,7 @@ stop_daemon
 note "the restarted daemon's log is sane"
 tail -c +$((logoff + 1)) "$T/daemon.log" > "$T/restart.log"
 bad=$(grep -Ev '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z \[(info|debug)\] ' "$T/restart.log" || true)
-[ -z "$bad" ] || fail "unexpected lines in the restarted daemon's log: $(printf '%s\n' "$bad" | head -n 5)"
+[ -z "$bad" ] || fail "unexpected lines in the restarted daemon's log: $(printf '%s\n' "$bad" | sed -n 1,5p)"
 grep -q "listening on port $PORT" "$T/restart.log" || fail "restart log lacks the listening line"
 grep -q "study $study complete, job 1 queued$" "$T/restart.log" || fail "restart log lacks the completion line"
 grep -q 'server: stopped' "$T/restart.log" || fail "restart log lacks the stop line"

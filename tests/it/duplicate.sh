@@ -19,7 +19,7 @@ storescu -aec "$AET" -aet SCANNER1 127.0.0.1 "$PORT" "$T/in"/*.dcm > "$T/storesc
 wait_for 10 '[ "$(sql "SELECT count(*) FROM jobs")" = 1 ]' || fail "no job after the stable time"
 job1=$(sql 'SELECT id FROM jobs')
 
-f=$(ls "$T/in"/*.dcm | head -n 1)
+f=$(ls "$T/in"/*.dcm | sed -n 1p)
 sop=$(basename "$f" .dcm)
 dir="$T/spool/$study/$series"
 spool_state() { (cd "$T/spool" && find . -mindepth 1 | LC_ALL=C sort && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum); }
@@ -37,9 +37,9 @@ expect_eq "$(grep -c 'Received Store Response (Success)' "$T/storescu2.log")" 20
 expect_eq "$(grep -ci "$sop.*duplicate" "$T/daemon.log")" 2 "duplicates of $sop logged"
 [ -z "$(ls -A "$T/spool/.tmp")" ] || fail "files left in spool/.tmp: $(ls -A "$T/spool/.tmp")"
 spool_state > "$T/spool.2"
-diff "$T/spool.1" "$T/spool.2" > /dev/null || fail "the spool changed: $(diff "$T/spool.1" "$T/spool.2" | head -n 5)"
+diff "$T/spool.1" "$T/spool.2" > /dev/null || fail "the spool changed: $(diff "$T/spool.1" "$T/spool.2" | sed -n 1,5p)"
 rows > "$T/rows.2"
-diff "$T/rows.1" "$T/rows.2" > /dev/null || fail "the index changed: $(diff "$T/rows.1" "$T/rows.2" | head -n 5)"
+diff "$T/rows.1" "$T/rows.2" > /dev/null || fail "the index changed: $(diff "$T/rows.1" "$T/rows.2" | sed -n 1,5p)"
 sleep $((STABLE + 2))
 expect_eq "$(sql 'SELECT count(*) FROM jobs')" 1 "jobs after re-sending a completed study"
 expect_eq "$(sql "SELECT id || ' ' || state FROM jobs")" "$job1 0" "the first job, untouched"

@@ -58,7 +58,7 @@ kill -HUP "$DPID"
 wait_for 10 'grep -q "reload: findings list .*findings.conf loaded" "$T/daemon.log"' || fail "good list not loaded"
 
 note "the study again: a new SR naming the first"
-one=$(ls "$T"/ph41/case_0000/dicom/*.dcm | head -1)
+one=$(ls "$T"/ph41/case_0000/dicom/*.dcm | sed -n 1p)
 # A secondary capture-like derived image in a series of its own: the study
 # changes, the primary series does not.
 dcmodify -nb -gin -gse -m "ImageType=DERIVED\\SECONDARY\\AXIAL" "$one" 2>/dev/null || fail "dcmodify"

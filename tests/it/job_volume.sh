@@ -19,8 +19,8 @@ for s in 31 32; do
     storescu -aec "$AET" -aet SCANNER1 127.0.0.1 "$PORT" "$T"/ph$s/case_0000/dicom/*.dcm \
         > "$T/storescu.log" 2>&1 || fail "storescu ($s): $(cat "$T/storescu.log")"
 done
-good=$(sed -n 's/.*"study_uid":[[:space:]]*"\([0-9.]*\)".*/\1/p' "$T/ph31/case_0000/findings.json" | head -1)
-bad=$(sed -n 's/.*"study_uid":[[:space:]]*"\([0-9.]*\)".*/\1/p' "$T/ph32/case_0000/findings.json" | head -1)
+good=$(sed -n 's/.*"study_uid":[[:space:]]*"\([0-9.]*\)".*/\1/p' "$T/ph31/case_0000/findings.json" | sed -n 1p)
+bad=$(sed -n 's/.*"study_uid":[[:space:]]*"\([0-9.]*\)".*/\1/p' "$T/ph32/case_0000/findings.json" | sed -n 1p)
 [ -n "$good" ] && [ -n "$bad" ] || fail "no study UIDs in findings.json"
 
 wait_for 20 '[ "$(sql "SELECT count(*) FROM jobs WHERE state IN (2, 3)")" = 2 ]' \

@@ -27,7 +27,7 @@ send() { # seed -> waits for its job, prints the SR's Device UID
     wait_for 90 '[ "$(sql "SELECT state FROM jobs WHERE study_uid='"'$study'"'")" = 2 ]' || fail "job for $s"
     local job
     job=$(sql "SELECT id FROM jobs WHERE study_uid='$study'")
-    dcmdump +P 0018,1002 "$T/reports/$study/$job/sr.dcm" | head -1 | sed 's/.*\[\(.*\)\].*/\1/'
+    dcmdump +P 0018,1002 "$T/reports/$study/$job/sr.dcm" | sed -n 1p | sed 's/.*\[\(.*\)\].*/\1/'
 }
 uid1=$(send 51)
 [ -n "$uid1" ] || fail "no Device UID in the first SR"

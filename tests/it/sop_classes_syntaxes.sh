@@ -7,7 +7,7 @@
 source "$CTG_ROOT/tests/lib.sh"
 
 fixture "$T/base"
-src=$(ls "$T/base"/*.dcm | head -1)
+src=$(ls "$T/base"/*.dcm | sed -n 1p)
 root=2.25.231932228033936708469927392542703984207.7702
 mkdir -p "$T/send"
 
@@ -87,7 +87,7 @@ expect_eq "$(sql "SELECT count(*) FROM instances WHERE sop_class LIKE '1.2.840.1
 expect_eq "$(sql "SELECT sop_class FROM instances WHERE sop_uid='$root.11'")" 1.2.840.10008.5.1.4.1.1.2.1 "Enhanced CT"
 
 note "JPEG 2000 is refused at negotiation"
-j2k=$(ls "$CTG_ROOT/../shared/fixtures/totalseg/example_ct_dicom"/CT.* | head -1)
+j2k=$(ls "$CTG_ROOT/../shared/fixtures/totalseg/example_ct_dicom"/CT.* | sed -n 1p)
 if storescu -aec "$AET" 127.0.0.1 "$PORT" "$j2k" > "$T/j2k.log" 2>&1; then
     fail "a JPEG 2000 file was accepted"
 fi
