@@ -54,7 +54,7 @@ while ! ls "$D"/reports/*/*/sr.dcm >/dev/null 2>&1; do
 done
 sleep 0.5
 grep -E "job [0-9]+:" "$D/daemon.log" | sed 's/^/   /'
-sr=$(ls "$D"/reports/*/*/sr.dcm | head -1)
+sr=$(ls "$D"/reports/*/*/sr.dcm | sed -n 1p)
 echo "== $sr:"
 dsrdump -Ee "$sr"
 kill -TERM $pid
