@@ -44,7 +44,8 @@ else
 CUDA_OBJ := $(BUILD)/cuda/nogpu.o
 CUDA_LIBS :=
 endif
-# The network on the GPU is plain C over cuops.h (stubbed without nvcc).
+# The network on the GPU is plain C over cuops.h (which nogpu.c answers
+# with "built without CUDA" where nvcc is missing).
 CUDA_OBJ += $(BUILD)/cuda/cunet.o
 # Communicators of data-parallel training (host sockets; NCCL by dlopen).
 CUDA_OBJ += $(BUILD)/cuda/cucomm.o

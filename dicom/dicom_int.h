@@ -29,4 +29,15 @@ void dcm__uid_random(char out[65]);
  * the folder.  Returns 0 or CTG_E* with the reason in why. */
 int dcm__save_file(DcmFileFormat &ff, const char *path, char *why, size_t n);
 
+/* PS3.5 9.1: digits and dots, no empty component, no leading zero in a
+ * component of more than one digit, at most 64 characters (NULL: false). */
+bool dcm__uid_ok(const char *u);
+/* Writes ff (meta header and data set in transfer syntax xfer, an
+ * E_TransferSyntax) to tmp through a descriptor of our own, fsyncs and
+ * closes it and renames it to path; on failure tmp is removed.  The caller
+ * fsyncs the directory.  0 or a CTG_E* code with the reason in why (n
+ * bytes). */
+int dcm__write_durable(DcmFileFormat &ff, const char *tmp, const char *path, int xfer, char *why,
+                       size_t n);
+
 #endif

@@ -106,24 +106,6 @@ int cond_err(const OFCondition &r)
 const char *nz(const char *s) { return s ? s : ""; }
 bool empty(const char *s) { return !s || !s[0]; }
 
-/* PS3.5 9.1: digits and dots, no empty component, no leading zero in a
- * component of more than one digit, at most 64 characters. */
-bool uid_ok(const char *u)
-{
-    size_t len = strlen(u);
-    if (len == 0 || len > 64) return false;
-    size_t start = 0;
-    for (size_t i = 0; i <= len; i++) {
-        if (i == len || u[i] == '.') {
-            if (i == start) return false;
-            if (u[start] == '0' && i - start > 1) return false;
-            start = i + 1;
-        } else if (u[i] < '0' || u[i] > '9') {
-            return false;
-        }
-    }
-    return true;
-}
 
 /* "2.25." and the decimal value of a 128-bit big-endian number (PS3.5
  * B.2): at most 5 + 39 characters.  b is used up. */
@@ -270,7 +252,8 @@ int check_input(Ctx &c, const dcm_seg_input *in)
         return fail_why(c, CTG_EINVAL, "source dcm_vol_info has no per-slice records");
     if (info->slice_axis < 0 || info->slice_axis > 2)
         return fail_why(c, CTG_EINVAL, "source slice axis %d is not 0, 1 or 2", info->slice_axis);
-    if (!uid_ok(info->study_uid) || !uid_ok(info->series_uid) || !uid_ok(info->sop_class))
+    if (!dcm__uid_ok(info->study_uid) || !dcm__uid_ok(info->series_uid) ||
+        !dcm__uid_ok(info->sop_class))
         return fail_why(c, CTG_EINVAL,
                         "source dcm_vol_info lacks valid study, series or SOP class UIDs");
     if (!lab || !lab->data)
@@ -335,7 +318,7 @@ int check_input(Ctx &c, const dcm_seg_input *in)
             return fail_why(c, CTG_EINVAL,
                             "segment %d (%.64s): tracking ID and tracking UID go together", i + 1,
                             s.label_name);
-        if (!empty(s.tracking_uid) && !uid_ok(s.tracking_uid))
+        if (!empty(s.tracking_uid) && !dcm__uid_ok(s.tracking_uid))
             return fail_why(c, CTG_EBADUID, "segment %d (%.64s): tracking UID '%.80s' is not valid",
                             i + 1, s.label_name, s.tracking_uid);
     }
@@ -354,9 +337,9 @@ int check_input(Ctx &c, const dcm_seg_input *in)
                             "%s '%.80s' is not at most 64 characters without control "
                             "characters",
                             lo[q].what, lo[q].v);
-    if (!empty(eq->device_uid) && !uid_ok(eq->device_uid))
+    if (!empty(eq->device_uid) && !dcm__uid_ok(eq->device_uid))
         return fail_why(c, CTG_EBADUID, "device UID '%.80s' is not valid", eq->device_uid);
-    if (!empty(in->series_uid) && !uid_ok(in->series_uid))
+    if (!empty(in->series_uid) && !dcm__uid_ok(in->series_uid))
         return fail_why(c, CTG_EBADUID, "series UID '%.80s' is not valid", in->series_uid);
     return 0;
 }
@@ -402,7 +385,7 @@ int set_hierarchy(Ctx &c, DcmSegmentation &seg, DcmDataset &srcds, const dcm_seg
     if (r.bad())
         return fail_why(c, cond_err(r), "cannot import patient and study from the source: %s",
                         r.text());
-    if (empty(info->frame_of_ref_uid) || !uid_ok(info->frame_of_ref_uid))
+    if (empty(info->frame_of_ref_uid) || !dcm__uid_ok(info->frame_of_ref_uid))
         return fail_why(c, CTG_EINVAL, "source series %s has no valid Frame of Reference UID",
                         info->series_uid);
     /* The volume's UIDs are what the label map was made on; the file's
@@ -806,27 +789,6 @@ int write_seg(Ctx &c, const dcm_seg_input *in, const char *path, char *sop_out)
     return 0;
 }
 
-/* Writes the meta header and the data set to path through DCMTK's file
- * stream (DcmFileFormat::saveFile() would replace our implementation UID). */
-OFCondition write_stream(DcmFileFormat &ff, const char *path, E_TransferSyntax xfer)
-{
-    DcmOutputFileStream out(path);
-    OFCondition r = out.status();
-    if (r.bad()) return r;
-    DcmMetaInfo *mi = ff.getMetaInfo();
-    DcmDataset *ds = ff.getDataset();
-    mi->transferInit();
-    r = mi->write(out, META_HEADER_DEFAULT_TRANSFERSYNTAX, EET_ExplicitLength, nullptr);
-    mi->transferEnd();
-    if (r.good()) {
-        ds->transferInit();
-        r = ds->write(out, xfer, EET_ExplicitLength, nullptr, EGL_withoutGL, EPD_noChange);
-        ds->transferEnd();
-    }
-    out.flush();
-    if (r.good()) r = out.status();
-    return r;
-}
 
 } // namespace
 
@@ -885,37 +847,12 @@ int dcm__save_file(DcmFileFormat &ff, const char *path, char *why, size_t n)
                  seq.fetch_add(1)) >= (int)sizeof tmp)
         return fail_why(c, CTG_EINVAL, "output path too long");
 
-    /* Our own descriptor, opened before DCMTK writes, is the one fsync()
-     * reports write-back errors to. */
-    int err = 0, fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return fail_why(c, ctg_errno(errno), "cannot create %s: %s", tmp, strerror(errno));
-    r = write_stream(ff, tmp, xfer);
-    if (r.bad()) {
-        err = fail_why(c, CTG_EIO, "cannot write %s: %s", tmp, r.text());
-        goto fail;
-    }
-    if (fsync(fd) < 0) {
-        err = fail_why(c, ctg_errno(errno), "cannot sync %s: %s", tmp, strerror(errno));
-        goto fail;
-    }
-    if (close(fd) < 0) {
-        fd = -1;
-        err = fail_why(c, ctg_errno(errno), "cannot close %s: %s", tmp, strerror(errno));
-        goto fail;
-    }
-    fd = -1;
-    if (rename(tmp, path) < 0) {
-        err =
-            fail_why(c, ctg_errno(errno), "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-        goto fail;
-    }
+    char msg[512];
+    int err = dcm__write_durable(ff, tmp, path, xfer, msg, sizeof msg);
+    if (err) return fail_why(c, err, "%s", msg);
     if ((err = ctg_fsync_dir(dir.c_str())) < 0)
         return fail_why(c, err, "cannot sync %s: %s", dir.c_str(), ctg_strerror(err));
     return 0;
-fail:
-    if (fd >= 0) close(fd);
-    unlink(tmp);
-    return err;
 }
 
 /* ---- public ------------------------------------------------------------------- */

@@ -113,26 +113,6 @@ int dcmtk_ok(Ctx &c, const OFCondition &r, const char *what)
 
 bool empty(const char *s) { return !s || !s[0]; }
 
-/* PS3.5 9.1: digits and dots, no empty component, no leading zero in a
- * component of more than one digit, at most 64 characters. */
-bool uid_ok(const char *u)
-{
-    if (!u) return false;
-    size_t len = strlen(u);
-    if (len == 0 || len > 64) return false;
-    size_t start = 0;
-    for (size_t i = 0; i <= len; i++) {
-        if (i == len || u[i] == '.') {
-            if (i == start) return false;
-            if (u[start] == '0' && i - start > 1) return false;
-            start = i + 1;
-        } else if (u[i] < '0' || u[i] > '9') {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* Text we write ourselves goes into LO/ST/UT values of a data set whose
  * character set is that of the source: plain printable ASCII is right in
  * every one of them, and no backslash (the LO value separator). */
@@ -238,8 +218,8 @@ int load_header(Ctx &c, const char *path, const char *what, DcmFileFormat &ff, R
     ref.series = get_str(ds, DCM_SeriesInstanceUID);
     ref.cls = get_str(ds, DCM_SOPClassUID);
     ref.sop = get_str(ds, DCM_SOPInstanceUID);
-    if (!uid_ok(ref.study.c_str()) || !uid_ok(ref.series.c_str()) || !uid_ok(ref.cls.c_str()) ||
-        !uid_ok(ref.sop.c_str()))
+    if (!dcm__uid_ok(ref.study.c_str()) || !dcm__uid_ok(ref.series.c_str()) ||
+        !dcm__uid_ok(ref.cls.c_str()) || !dcm__uid_ok(ref.sop.c_str()))
         return fail_why(c, CTG_EDICOM, "%s %s lacks a valid study, series, SOP class or SOP "
                         "instance UID", what, path);
     return 0;
@@ -263,7 +243,7 @@ int check_input(Ctx &c, const dcm_sr_input *in, const char *path)
     for (int i = 0; i < src->nfiles; i++)
         if (empty(src->files[i])) return fail_why(c, CTG_EINVAL, "source file %d has no path", i);
     const dcm_vol_info *info = src->info;
-    if (!uid_ok(info->study_uid) || !uid_ok(info->series_uid))
+    if (!dcm__uid_ok(info->study_uid) || !dcm__uid_ok(info->series_uid))
         return fail_why(c, CTG_EINVAL, "the source volume info has no valid study and series UID");
     if (empty(in->seg_path)) return fail_why(c, CTG_EINVAL, "no SEG path");
 
@@ -284,7 +264,7 @@ int check_input(Ctx &c, const dcm_sr_input *in, const char *path)
     if (!empty(eq->institution) && !text_ok(eq->institution, 64))
         return fail_why(c, CTG_EINVAL, "institution is not printable ASCII of at most 64 "
                         "characters");
-    if (!uid_ok(eq->device_uid))
+    if (!dcm__uid_ok(eq->device_uid))
         return fail_why(c, CTG_EINVAL, "device UID '%.80s' is not a valid UID",
                         eq->device_uid ? eq->device_uid : "");
     if (!empty(eq->creation_date) && DcmDate::checkStringValue(eq->creation_date, "1").bad())
@@ -294,7 +274,7 @@ int check_input(Ctx &c, const dcm_sr_input *in, const char *path)
         return fail_why(c, CTG_EINVAL, "creation time '%.20s' is not a DICOM time (HHMMSS)",
                         eq->creation_time);
 
-    if (!empty(in->series_uid) && !uid_ok(in->series_uid))
+    if (!empty(in->series_uid) && !dcm__uid_ok(in->series_uid))
         return fail_why(c, CTG_EINVAL, "series UID '%.80s' is not a valid UID", in->series_uid);
     if (!empty(in->series_desc) && !text_ok(in->series_desc, 64))
         return fail_why(c, CTG_EINVAL, "series description is not printable ASCII of at most 64 "
@@ -311,7 +291,7 @@ int check_input(Ctx &c, const dcm_sr_input *in, const char *path)
             return fail_why(c, CTG_EINVAL, "%s: tracking identifier missing or not printable "
                             "ASCII of at most 64 characters", what);
         snprintf(what, sizeof what, "organ %d (%s)", i, o->tracking_id);
-        if (!uid_ok(o->tracking_uid))
+        if (!dcm__uid_ok(o->tracking_uid))
             return fail_why(c, CTG_EINVAL, "%s: tracking UID '%.80s' is not a valid UID", what,
                             o->tracking_uid ? o->tracking_uid : "");
         if (o->segment_number < 1 || o->segment_number > 65535)

@@ -111,24 +111,6 @@ int fail_why(Ctx &c, int err, const char *fmt, ...)
     return err;
 }
 
-/* PS3.5 9.1: digits and dots, no empty component, no leading zero in a
- * component of more than one digit, at most 64 characters. */
-bool uid_ok(const char *u)
-{
-    size_t len = strlen(u);
-    if (len == 0 || len > 64) return false;
-    size_t start = 0;
-    for (size_t i = 0; i <= len; i++) {
-        if (i == len || u[i] == '.') {
-            if (i == start) return false;
-            if (u[start] == '0' && i - start > 1) return false;
-            start = i + 1;
-        } else if (u[i] < '0' || u[i] > '9') {
-            return false;
-        }
-    }
-    return true;
-}
 
 /* A DS value (at most 16 characters) as close to v as fits. */
 std::string fmt_ds(double v)
@@ -691,28 +673,6 @@ void build_enhanced(Ctx &c, DcmDataset *ds)
     put_pixels(c, ds, 0, v->nz);
 }
 
-/* Writes the meta header and the data set to path through DCMTK's file
- * stream.  DcmFileFormat::saveFile() would overwrite our implementation
- * UID, or warn on every file when told to keep it. */
-OFCondition write_stream(DcmFileFormat &ff, const char *path, E_TransferSyntax xfer)
-{
-    DcmOutputFileStream out(path);
-    OFCondition r = out.status();
-    if (r.bad()) return r;
-    DcmMetaInfo *mi = ff.getMetaInfo();
-    DcmDataset *ds = ff.getDataset();
-    mi->transferInit();
-    r = mi->write(out, META_HEADER_DEFAULT_TRANSFERSYNTAX, EET_ExplicitLength, nullptr);
-    mi->transferEnd();
-    if (r.good()) {
-        ds->transferInit();
-        r = ds->write(out, xfer, EET_ExplicitLength, nullptr, EGL_withoutGL, EPD_noChange);
-        ds->transferEnd();
-    }
-    out.flush();
-    if (r.good()) r = out.status();
-    return r;
-}
 
 /* Encodes ff's data set in the target transfer syntax and writes it as
  * dir/name through a hidden temp file that is fsynced before the rename. */
@@ -759,39 +719,9 @@ int save(Ctx &c, DcmFileFormat &ff, const char *dir, const char *name)
     if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path ||
         snprintf(tmp, sizeof tmp, "%s/.%s.%ld.tmp", dir, name, (long)getpid()) >= (int)sizeof tmp)
         return fail_why(c, CTG_EINVAL, "output directory name too long");
-    /* Our own descriptor, opened before DCMTK writes, is what fsync()
-     * reports the write-back errors of. */
-    int err = 0;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        err = fail_why(c, ctg_errno(errno), "cannot create %s: %s", tmp, strerror(errno));
-        goto fail;
-    }
-    r = write_stream(ff, tmp, c.xfer);
-    if (r.bad()) {
-        err = fail_why(c, CTG_EIO, "cannot write %s: %s", tmp, r.text());
-        goto fail;
-    }
-    if (fsync(fd) < 0) {
-        err = fail_why(c, ctg_errno(errno), "cannot sync %s: %s", tmp, strerror(errno));
-        goto fail;
-    }
-    if (close(fd) < 0) {
-        fd = -1;
-        err = fail_why(c, ctg_errno(errno), "cannot close %s: %s", tmp, strerror(errno));
-        goto fail;
-    }
-    fd = -1;
-    if (rename(tmp, path) < 0) {
-        err = fail_why(c, ctg_errno(errno), "cannot rename %s to %s: %s", tmp, path,
-                       strerror(errno));
-        goto fail;
-    }
-    return 0;
-fail:
-    if (fd >= 0) close(fd);
-    unlink(tmp);
-    return err;
+    char msg[512];
+    int err = dcm__write_durable(ff, tmp, path, c.xfer, msg, sizeof msg);
+    return err ? fail_why(c, err, "%s", msg) : 0;
 }
 
 /* A new UID: "2.25." followed by a random 128-bit number in decimal (the
@@ -833,7 +763,7 @@ std::string new_uid()
 int take_uid(Ctx &c, const char *given, const char *what, std::string &out)
 {
     if (given && given[0]) {
-        if (!uid_ok(given))
+        if (!dcm__uid_ok(given))
             return fail_why(c, CTG_EBADUID, "%s '%.80s' is not a valid UID", what, given);
         out = given;
         return 0;
@@ -899,7 +829,7 @@ int prepare(Ctx &c)
         return r;
     c.prefix = m->sop_uid_prefix && m->sop_uid_prefix[0] ? m->sop_uid_prefix : c.series_uid;
     std::string last = c.prefix + "." + std::to_string(m->enhanced ? 1 : v->nz);
-    if (!uid_ok(last.c_str()))
+    if (!dcm__uid_ok(last.c_str()))
         return fail_why(c, CTG_EBADUID, "SOP Instance UID %.80s%s is not valid (%s)", last.c_str(),
                         last.size() > 80 ? "..." : "",
                         last.size() > 64 ? "longer than 64 characters" : "bad prefix");
@@ -980,4 +910,79 @@ int dcm_write_ct_series(const char *dir, const ctg_vol *vol, const dcm_ct_meta *
                                vol->ny, vol->nz);
         return CTG_ENOMEM;
     }
+}
+
+/* ---- shared with the other writers (dicom_int.h) ------------------------------------ */
+
+bool dcm__uid_ok(const char *u)
+{
+    if (!u) return false;
+    size_t len = strlen(u);
+    if (len == 0 || len > 64) return false;
+    size_t start = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i == len || u[i] == '.') {
+            if (i == start) return false;
+            if (u[start] == '0' && i - start > 1) return false;
+            start = i + 1;
+        } else if (u[i] < '0' || u[i] > '9') {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Writes the meta header and the data set to path through DCMTK's file
+ * stream.  DcmFileFormat::saveFile() would overwrite our implementation
+ * UID, or warn on every file when told to keep it. */
+static OFCondition write_stream(DcmFileFormat &ff, const char *path, E_TransferSyntax xfer)
+{
+    DcmOutputFileStream out(path);
+    OFCondition r = out.status();
+    if (r.bad()) return r;
+    DcmMetaInfo *mi = ff.getMetaInfo();
+    DcmDataset *ds = ff.getDataset();
+    mi->transferInit();
+    r = mi->write(out, META_HEADER_DEFAULT_TRANSFERSYNTAX, EET_ExplicitLength, nullptr);
+    mi->transferEnd();
+    if (r.good()) {
+        ds->transferInit();
+        r = ds->write(out, xfer, EET_ExplicitLength, nullptr, EGL_withoutGL, EPD_noChange);
+        ds->transferEnd();
+    }
+    out.flush();
+    if (r.good()) r = out.status();
+    return r;
+}
+
+int dcm__write_durable(DcmFileFormat &ff, const char *tmp, const char *path, int xfer, char *why,
+                       size_t n)
+{
+    /* Our own descriptor, opened before DCMTK writes, is the one fsync()
+     * reports write-back errors to. */
+    int err = 0, fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        err = ctg_errno(errno);
+        snprintf(why, n, "cannot create %s: %s", tmp, strerror(errno));
+        return err;
+    }
+    OFCondition r = write_stream(ff, tmp, (E_TransferSyntax)xfer);
+    if (r.bad()) {
+        err = CTG_EIO;
+        snprintf(why, n, "cannot write %s: %s", tmp, r.text());
+    } else if (fsync(fd) < 0) {
+        err = ctg_errno(errno);
+        snprintf(why, n, "cannot sync %s: %s", tmp, strerror(errno));
+    }
+    int cr = close(fd);
+    if (!err && cr < 0) {
+        err = ctg_errno(errno);
+        snprintf(why, n, "cannot close %s: %s", tmp, strerror(errno));
+    }
+    if (!err && rename(tmp, path) < 0) {
+        err = ctg_errno(errno);
+        snprintf(why, n, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+    }
+    if (err) unlink(tmp);
+    return err;
 }
