@@ -29,6 +29,17 @@ void dcm__uid_random(char out[65]);
  * the folder.  Returns 0 or CTG_E* with the reason in why. */
 int dcm__save_file(DcmFileFormat &ff, const char *path, char *why, size_t n);
 
+/* One write call's error state: the first error wins, later ones would
+ * only repeat it.  dcm__fail_why records err and the formatted reason (in
+ * why, n bytes, when set) unless an error is already there, and returns the
+ * recorded error. */
+struct DcmWhy {
+    int err = 0;
+    char *why = nullptr;
+    size_t n = 0;
+};
+int dcm__fail_why(DcmWhy &c, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* PS3.5 9.1: digits and dots, no empty component, no leading zero in a
  * component of more than one digit, at most 64 characters (NULL: false). */
 bool dcm__uid_ok(const char *u);

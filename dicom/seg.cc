@@ -76,25 +76,8 @@ namespace {
 const char *const kContentLabel = "CTGLIP_ORGANS";
 const char *const kDefaultDesc = "ctglip organ segmentation";
 
-/* One write call's error state: the first error wins, later ones would
- * only repeat it. */
-struct Ctx {
-    int err = 0;
-    char *why = nullptr;
-    size_t n = 0;
-};
-
-int fail_why(Ctx &c, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-int fail_why(Ctx &c, int err, const char *fmt, ...)
-{
-    if (c.err) return c.err;
-    va_list ap;
-    va_start(ap, fmt);
-    if (c.why && c.n) vsnprintf(c.why, c.n, fmt, ap);
-    va_end(ap);
-    c.err = err;
-    return err;
-}
+/* One write call's error state (dicom_int.h). */
+struct Ctx : DcmWhy {};
 
 /* DCMTK reports running out of memory as a condition, everything else it
  * refuses is a DICOM-level problem. */
@@ -194,7 +177,7 @@ int plan_geometry(Ctx &c, const ctg_vol *lab, int axis, Planes &p)
         for (int r = 0; r < 3; r++) s += lab->aff[r][ax] * lab->aff[r][ax];
         p.len[ax] = sqrt(s);
         if (!(p.len[ax] > 1e-9) || !std::isfinite(p.len[ax]))
-            return fail_why(c, CTG_EINVAL, "label map affine column %d has no length: no geometry",
+            return dcm__fail_why(c, CTG_EINVAL, "label map affine column %d has no length: no geometry",
                             ax);
     }
     for (int r = 0; r < 3; r++) {
@@ -205,7 +188,7 @@ int plan_geometry(Ctx &c, const ctg_vol *lab, int axis, Planes &p)
      * a series volume always has. */
     double d = p.row[0] * p.col[0] + p.row[1] * p.col[1] + p.row[2] * p.col[2];
     if (fabs(d) > 1e-4)
-        return fail_why(c, CTG_EINVAL, "label map axes %c and %c are not orthogonal (cos %.6f)",
+        return dcm__fail_why(c, CTG_EINVAL, "label map axes %c and %c are not orthogonal (cos %.6f)",
                         "ijk"[p.u], "ijk"[p.v], d);
     return 0;
 }
@@ -222,7 +205,7 @@ int make_code(Ctx &c, const dcm_code &in, const char *what, int segno, CodeSeque
     const char *scheme = empty(in.scheme) ? "SCT" : in.scheme;
     OFCondition r = out.set(in.value, scheme, nz(in.meaning), "", OFTrue);
     if (r.bad() || out.check(OFTrue).bad())
-        return fail_why(
+        return dcm__fail_why(
             c, CTG_EINVAL, "segment %d: %s code (%.20s, %.16s, \"%.64s\") is not valid: %s", segno,
             what, nz(in.value), scheme, nz(in.meaning), r.bad() ? r.text() : "incomplete");
     return 0;
@@ -247,55 +230,55 @@ int check_input(Ctx &c, const dcm_seg_input *in)
     const dcm_vol_info *info = src ? src->info : nullptr;
     const ctg_vol *lab = in->labels;
     if (!src || !info || !src->files || src->nfiles < 1)
-        return fail_why(c, CTG_EINVAL, "no source series (its files and dcm_vol_info are needed)");
+        return dcm__fail_why(c, CTG_EINVAL, "no source series (its files and dcm_vol_info are needed)");
     if (!info->slice_sop || !info->slice_frame || info->nslices < 1)
-        return fail_why(c, CTG_EINVAL, "source dcm_vol_info has no per-slice records");
+        return dcm__fail_why(c, CTG_EINVAL, "source dcm_vol_info has no per-slice records");
     if (info->slice_axis < 0 || info->slice_axis > 2)
-        return fail_why(c, CTG_EINVAL, "source slice axis %d is not 0, 1 or 2", info->slice_axis);
+        return dcm__fail_why(c, CTG_EINVAL, "source slice axis %d is not 0, 1 or 2", info->slice_axis);
     if (!dcm__uid_ok(info->study_uid) || !dcm__uid_ok(info->series_uid) ||
         !dcm__uid_ok(info->sop_class))
-        return fail_why(c, CTG_EINVAL,
+        return dcm__fail_why(c, CTG_EINVAL,
                         "source dcm_vol_info lacks valid study, series or SOP class UIDs");
     if (!lab || !lab->data)
-        return fail_why(c, CTG_EINVAL, "no label map");
+        return dcm__fail_why(c, CTG_EINVAL, "no label map");
     if (lab->dtype != CTG_U8)
-        return fail_why(c, CTG_EINVAL, "label map dtype %d is not CTG_U8", lab->dtype);
+        return dcm__fail_why(c, CTG_EINVAL, "label map dtype %d is not CTG_U8", lab->dtype);
     int dims[3] = {lab->nx, lab->ny, lab->nz};
     int a = info->slice_axis;
     if (dims[0] < 1 || dims[1] < 1 || dims[2] < 1)
-        return fail_why(c, CTG_EINVAL, "label map size %dx%dx%d is empty", dims[0], dims[1],
+        return dcm__fail_why(c, CTG_EINVAL, "label map size %dx%dx%d is empty", dims[0], dims[1],
                         dims[2]);
     if (dims[a] != info->nslices)
-        return fail_why(c, CTG_EINVAL,
+        return dcm__fail_why(c, CTG_EINVAL,
                         "label map has %d planes along axis %c but the source series has %d slices",
                         dims[a], "ijk"[a], info->nslices);
     for (int ax = 0; ax < 3; ax++)
         if (ax != a && dims[ax] > 65535)
-            return fail_why(c, CTG_EINVAL,
+            return dcm__fail_why(c, CTG_EINVAL,
                             "label map plane of %d voxels along %c is too wide for a frame",
                             dims[ax], "ijk"[ax]);
     if (in->nsegments < 1 || !in->segments)
-        return fail_why(c, CTG_EINVAL, "no segments");
+        return dcm__fail_why(c, CTG_EINVAL, "no segments");
     if (in->nsegments > 255)
-        return fail_why(c, CTG_EINVAL, "%d segments; a U8 label map has at most 255",
+        return dcm__fail_why(c, CTG_EINVAL, "%d segments; a U8 label map has at most 255",
                         in->nsegments);
     int seen[256] = {0};
     for (int i = 0; i < in->nsegments; i++) {
         const dcm_seg_segment &s = in->segments[i];
         if (s.label < 1 || s.label > 255)
-            return fail_why(c, CTG_EINVAL, "segment %d: label %d is out of range 1..255", i + 1,
+            return dcm__fail_why(c, CTG_EINVAL, "segment %d: label %d is out of range 1..255", i + 1,
                             s.label);
         if (seen[s.label])
-            return fail_why(c, CTG_EINVAL, "segment %d: label %d is segment %d's already", i + 1,
+            return dcm__fail_why(c, CTG_EINVAL, "segment %d: label %d is segment %d's already", i + 1,
                             s.label, seen[s.label]);
         seen[s.label] = i + 1;
         if (empty(s.label_name) || !text_ok(s.label_name, 64))
-            return fail_why(c, CTG_EINVAL,
+            return dcm__fail_why(c, CTG_EINVAL,
                             "segment %d (label %d): name '%.80s' is not 1 to 64 "
                             "characters without control characters",
                             i + 1, s.label, nz(s.label_name));
         if (empty(s.category.value) || empty(s.type.value))
-            return fail_why(c, CTG_EINVAL, "segment %d (%.64s) needs a category and a type code",
+            return dcm__fail_why(c, CTG_EINVAL, "segment %d (%.64s) needs a category and a type code",
                             i + 1, s.label_name);
         const dcm_code *codes[3] = {&s.category, &s.type, &s.type_modifier};
         for (int q = 0; q < 3; q++) {
@@ -304,27 +287,27 @@ int check_input(Ctx &c, const dcm_seg_input *in)
             /* Values beyond 16 characters go to Long Code Value. */
             if (!text_ok(k->value, 64) || !text_ok(nz(k->scheme), 16) || empty(k->meaning) ||
                 !text_ok(k->meaning, 64))
-                return fail_why(c, CTG_EINVAL,
+                return dcm__fail_why(c, CTG_EINVAL,
                                 "segment %d (%.64s): code (%.20s, %.20s, \"%.80s\") needs "
                                 "a value, a scheme of at most 16 and a meaning of at most 64 "
                                 "characters",
                                 i + 1, s.label_name, k->value, nz(k->scheme), nz(k->meaning));
         }
         if (!empty(s.tracking_id) && !text_ok(s.tracking_id, 1024))
-            return fail_why(c, CTG_EINVAL, "segment %d (%.64s): tracking ID '%.80s' is not valid",
+            return dcm__fail_why(c, CTG_EINVAL, "segment %d (%.64s): tracking ID '%.80s' is not valid",
                             i + 1, s.label_name, s.tracking_id);
         /* Segment Description asks for both or neither. */
         if (empty(s.tracking_id) != empty(s.tracking_uid))
-            return fail_why(c, CTG_EINVAL,
+            return dcm__fail_why(c, CTG_EINVAL,
                             "segment %d (%.64s): tracking ID and tracking UID go together", i + 1,
                             s.label_name);
         if (!empty(s.tracking_uid) && !dcm__uid_ok(s.tracking_uid))
-            return fail_why(c, CTG_EBADUID, "segment %d (%.64s): tracking UID '%.80s' is not valid",
+            return dcm__fail_why(c, CTG_EBADUID, "segment %d (%.64s): tracking UID '%.80s' is not valid",
                             i + 1, s.label_name, s.tracking_uid);
     }
     const dcm_equipment *eq = in->eq;
     if (!eq || empty(eq->manufacturer) || empty(eq->software_version) || empty(eq->model_name))
-        return fail_why(c, CTG_EINVAL,
+        return dcm__fail_why(c, CTG_EINVAL,
                         "equipment needs manufacturer, software version and model name");
     const struct {
         const char *what, *v;
@@ -333,14 +316,14 @@ int check_input(Ctx &c, const dcm_seg_input *in)
               {"institution", nz(eq->institution)}, {"series description", nz(in->series_desc)}};
     for (size_t q = 0; q < sizeof lo / sizeof lo[0]; q++)
         if (!text_ok(lo[q].v, 64))
-            return fail_why(c, CTG_EINVAL,
+            return dcm__fail_why(c, CTG_EINVAL,
                             "%s '%.80s' is not at most 64 characters without control "
                             "characters",
                             lo[q].what, lo[q].v);
     if (!empty(eq->device_uid) && !dcm__uid_ok(eq->device_uid))
-        return fail_why(c, CTG_EBADUID, "device UID '%.80s' is not valid", eq->device_uid);
+        return dcm__fail_why(c, CTG_EBADUID, "device UID '%.80s' is not valid", eq->device_uid);
     if (!empty(in->series_uid) && !dcm__uid_ok(in->series_uid))
-        return fail_why(c, CTG_EBADUID, "series UID '%.80s' is not valid", in->series_uid);
+        return dcm__fail_why(c, CTG_EBADUID, "series UID '%.80s' is not valid", in->series_uid);
     return 0;
 }
 
@@ -367,8 +350,8 @@ int load_source_header(Ctx &c, const dcm_source *src, DcmFileFormat &ff)
         if (series == info->series_uid && study == info->study_uid) return 0;
     }
     if (!loaded)
-        return fail_why(c, CTG_EIO, "no source file could be read (%.300s)", last.c_str());
-    return fail_why(c, CTG_EINVAL, "none of the %d source files belongs to series %s of study %s",
+        return dcm__fail_why(c, CTG_EIO, "no source file could be read (%.300s)", last.c_str());
+    return dcm__fail_why(c, CTG_EINVAL, "none of the %d source files belongs to series %s of study %s",
                     src->nfiles, info->series_uid, info->study_uid);
 }
 
@@ -383,24 +366,24 @@ int set_hierarchy(Ctx &c, DcmSegmentation &seg, DcmDataset &srcds, const dcm_seg
     const dcm_equipment *eq = in->eq;
     OFCondition r = seg.importHierarchy(srcds, OFTrue, OFTrue, OFTrue, OFFalse, OFTrue);
     if (r.bad())
-        return fail_why(c, cond_err(r), "cannot import patient and study from the source: %s",
+        return dcm__fail_why(c, cond_err(r), "cannot import patient and study from the source: %s",
                         r.text());
     if (empty(info->frame_of_ref_uid) || !dcm__uid_ok(info->frame_of_ref_uid))
-        return fail_why(c, CTG_EINVAL, "source series %s has no valid Frame of Reference UID",
+        return dcm__fail_why(c, CTG_EINVAL, "source series %s has no valid Frame of Reference UID",
                         info->series_uid);
     /* The volume's UIDs are what the label map was made on; the file's
      * agree with them (load_source_header checked the study). */
     if (r.good()) r = seg.getStudy().setStudyInstanceUID(info->study_uid);
     if (r.good()) r = seg.getFrameOfReference().setFrameOfReferenceUID(info->frame_of_ref_uid);
     if (r.bad())
-        return fail_why(c, cond_err(r), "cannot set study or frame of reference: %s", r.text());
+        return dcm__fail_why(c, cond_err(r), "cannot set study or frame of reference: %s", r.text());
 
     seg.getEquipment().clearData();
     r = seg.setEquipmentInfo(eqi, OFTrue);
     if (r.good() && !empty(eq->institution))
         r = seg.getEquipment().setInstitutionName(eq->institution);
     if (r.bad())
-        return fail_why(c, CTG_EINVAL,
+        return dcm__fail_why(c, CTG_EINVAL,
                         "equipment (manufacturer '%.64s', model '%.64s', version '%.64s', "
                         "institution '%.64s') is not valid: %s",
                         eq->manufacturer, eq->model_name, eq->software_version, nz(eq->institution),
@@ -415,7 +398,7 @@ int set_hierarchy(Ctx &c, DcmSegmentation &seg, DcmDataset &srcds, const dcm_seg
     if (r.good()) r = ser.setSeriesDate(date.c_str());
     if (r.good()) r = ser.setSeriesTime(tm.c_str());
     if (r.bad())
-        return fail_why(c, CTG_EINVAL, "series (number %d, description '%.80s'): %s",
+        return dcm__fail_why(c, CTG_EINVAL, "series (number %d, description '%.80s'): %s",
                         in->series_number, nz(in->series_desc), r.text());
 
     /* Content and instance creation: the same moment, from eq or the
@@ -426,7 +409,7 @@ int set_hierarchy(Ctx &c, DcmSegmentation &seg, DcmDataset &srcds, const dcm_seg
     if (r.good()) r = seg.getSOPCommon().setInstanceCreationTime(tm.c_str());
     if (r.good()) r = seg.getSOPCommon().setInstanceCreatorUID(CTG_IMPLEMENTATION_UID);
     if (r.bad())
-        return fail_why(c, CTG_EINVAL, "creation date/time '%s' '%s' is not valid: %s",
+        return dcm__fail_why(c, CTG_EINVAL, "creation date/time '%s' '%s' is not valid: %s",
                         date.c_str(), tm.c_str(), r.text());
 
     /* Common Instance Reference: every source instance (a filled slice has
@@ -441,11 +424,11 @@ int set_hierarchy(Ctx &c, DcmSegmentation &seg, DcmDataset &srcds, const dcm_seg
                                                        info->sop_class, frames);
         if (!refs.add(ref)) {
             delete ref;
-            return fail_why(c, CTG_EINVAL, "source instance UID '%.80s' cannot be referenced", sop);
+            return dcm__fail_why(c, CTG_EINVAL, "source instance UID '%.80s' cannot be referenced", sop);
         }
     }
     if (seg.getCommonInstanceReference().addReferences(refs, info->study_uid) != refs.size())
-        return fail_why(c, CTG_EDICOM, "cannot add the source instances to Referenced Series");
+        return dcm__fail_why(c, CTG_EDICOM, "cannot add the source instances to Referenced Series");
     return 0;
 }
 
@@ -464,7 +447,7 @@ int add_segments(Ctx &c, DcmSegmentation &seg, const dcm_seg_input *in)
                                            eq->model_name);
         std::unique_ptr<DcmSegment> sp(raw);
         if (r.bad() || !raw)
-            return fail_why(c, r == EC_MemoryExhausted ? CTG_ENOMEM : CTG_EINVAL,
+            return dcm__fail_why(c, r == EC_MemoryExhausted ? CTG_ENOMEM : CTG_EINVAL,
                             "segment %d: label '%.80s' or algorithm name '%.80s' is not valid: %s",
                             i + 1, s.label_name, eq->model_name, r.text());
         if (!empty(s.type_modifier.value)) {
@@ -481,7 +464,7 @@ int add_segments(Ctx &c, DcmSegmentation &seg, const dcm_seg_input *in)
                                                                           : eq->model_version);
         if (r.good()) r = alg.setAlgorithmSource(eq->manufacturer);
         if (r.bad())
-            return fail_why(c, CTG_EINVAL,
+            return dcm__fail_why(c, CTG_EINVAL,
                             "algorithm identification (name '%.64s', version '%.64s'): %s",
                             eq->model_name, nz(eq->model_version), r.text());
         Uint16 lab[3];
@@ -490,14 +473,14 @@ int add_segments(Ctx &c, DcmSegmentation &seg, const dcm_seg_input *in)
         if (r.good() && !empty(s.tracking_id)) r = raw->setTrackingID(s.tracking_id);
         if (r.good() && !empty(s.tracking_uid)) r = raw->setTrackingUID(s.tracking_uid);
         if (r.bad())
-            return fail_why(c, CTG_EINVAL, "segment %d (%.64s): colour or tracking ID '%.64s': %s",
+            return dcm__fail_why(c, CTG_EINVAL, "segment %d (%.64s): colour or tracking ID '%.64s': %s",
                             i + 1, s.label_name, nz(s.tracking_id), r.text());
         Uint16 number = 0;
         r = seg.addSegment(raw, number);
-        if (r.bad()) return fail_why(c, cond_err(r), "cannot add segment %d: %s", i + 1, r.text());
+        if (r.bad()) return dcm__fail_why(c, cond_err(r), "cannot add segment %d: %s", i + 1, r.text());
         sp.release();
         if (number != i + 1)
-            return fail_why(c, CTG_EDICOM, "segment %d was numbered %u", i + 1, (unsigned)number);
+            return dcm__fail_why(c, CTG_EDICOM, "segment %d was numbered %u", i + 1, (unsigned)number);
     }
     return 0;
 }
@@ -517,7 +500,7 @@ int add_shared(Ctx &c, DcmSegmentation &seg, const Planes &p)
                                               fmt_ds(p.row[2]).c_str(), fmt_ds(p.col[0]).c_str(),
                                               fmt_ds(p.col[1]).c_str(), fmt_ds(p.col[2]).c_str());
     if (r.good()) r = seg.addForAllFrames(orient);
-    if (r.bad()) return fail_why(c, cond_err(r), "cannot set the frame geometry: %s", r.text());
+    if (r.bad()) return dcm__fail_why(c, cond_err(r), "cannot set the frame geometry: %s", r.text());
 
     char dim_uid[65];
     dcm__uid_random(dim_uid);
@@ -527,7 +510,7 @@ int add_shared(Ctx &c, DcmSegmentation &seg, const Planes &p)
     if (r.good())
         r = dims.addDimensionIndex(DCM_ImagePositionPatient, dim_uid, DCM_PlanePositionSequence,
                                    "Image Position (Patient)");
-    if (r.bad()) return fail_why(c, cond_err(r), "cannot set the dimensions: %s", r.text());
+    if (r.bad()) return dcm__fail_why(c, cond_err(r), "cannot set the dimensions: %s", r.text());
     return 0;
 }
 
@@ -599,13 +582,13 @@ int add_frames(Ctx &c, DcmSegmentation &seg, const dcm_seg_input *in, const Plan
                 if (r.good()) r = ref.setReferencedSOPInstanceUID(info->slice_sop[s]);
                 if (r.good() && info->enhanced) {
                     if (info->slice_frame[s] < 1 || info->slice_frame[s] > 65535)
-                        return fail_why(c, CTG_EINVAL, "source slice %d has frame number %d", s,
+                        return dcm__fail_why(c, CTG_EINVAL, "source slice %d has frame number %d", s,
                                         info->slice_frame[s]);
                     r = ref.addReferencedFrameNumber((Uint16)info->slice_frame[s]);
                 }
             }
             if (r.bad())
-                return fail_why(c, cond_err(r), "segment %d, slice %d: cannot describe the frame "
+                return dcm__fail_why(c, cond_err(r), "segment %d, slice %d: cannot describe the frame "
                                 "(source '%.80s'): %s", i + 1, s, info->slice_sop[s], r.text());
             OFVector<FGBase *> groups;
             groups.push_back(&pos);
@@ -613,7 +596,7 @@ int add_frames(Ctx &c, DcmSegmentation &seg, const dcm_seg_input *in, const Plan
             groups.push_back(&deriv);
             r = seg.addFrame(buf.data(), (Uint16)(i + 1), groups);
             if (r.bad())
-                return fail_why(c, cond_err(r), "segment %d, slice %d: cannot add the frame: %s",
+                return dcm__fail_why(c, cond_err(r), "segment %d, slice %d: cannot add the frame: %s",
                                 i + 1, s, r.text());
         }
     }
@@ -632,7 +615,7 @@ int repack_pixel_data(Ctx &c, DcmDataset *ds, const dcm_seg_input *in, const Pla
     int ns = p.dims[p.a];
     size_t plane = (size_t)p.dims[p.u] * (size_t)p.dims[p.v];
     size_t bytes = (plane * nframes + 7) / 8;
-    if (bytes > 0xFFFFFFFEu) return fail_why(c, CTG_ETOOBIG, "segmentation pixel data too large");
+    if (bytes > 0xFFFFFFFEu) return dcm__fail_why(c, CTG_ETOOBIG, "segmentation pixel data too large");
     std::vector<Uint8> out(bytes, 0), buf(plane);
     size_t bit = 0;
     for (int i = 0; i < in->nsegments; i++) {
@@ -645,10 +628,10 @@ int repack_pixel_data(Ctx &c, DcmDataset *ds, const dcm_seg_input *in, const Pla
         }
     }
     if (bit != plane * nframes)
-        return fail_why(c, CTG_EDICOM, "internal error: %zu frames packed, %zu written",
+        return dcm__fail_why(c, CTG_EDICOM, "internal error: %zu frames packed, %zu written",
                         bit / plane, nframes);
     OFCondition r = ds->putAndInsertUint8Array(DCM_PixelData, out.data(), (unsigned long)bytes);
-    if (r.bad()) return fail_why(c, cond_err(r), "cannot set Pixel Data: %s", r.text());
+    if (r.bad()) return dcm__fail_why(c, cond_err(r), "cannot set Pixel Data: %s", r.text());
     return 0;
 }
 
@@ -683,7 +666,7 @@ int add_contributing(Ctx &c, DcmDataset *ds, const dcm_equipment *eq, const std:
             r = it->putAndInsertString(DCM_ContributionDescription, "Automatic organ segmentation");
     }
     if (r.bad())
-        return fail_why(c, cond_err(r), "cannot write Contributing Equipment: %s", r.text());
+        return dcm__fail_why(c, cond_err(r), "cannot write Contributing Equipment: %s", r.text());
     return 0;
 }
 
@@ -715,7 +698,7 @@ int write_seg(Ctx &c, const dcm_seg_input *in, const char *path, char *sop_out)
      * objects with more segments than frames. */
     for (int i = 0; i < in->nsegments; i++)
         if (!count[in->segments[i].label])
-            return fail_why(c, CTG_EINVAL,
+            return dcm__fail_why(c, CTG_EINVAL,
                             "segment %d (%.64s, label %d) has no voxels in the label map; "
                             "leave absent structures out",
                             i + 1, in->segments[i].label_name, in->segments[i].label);
@@ -753,7 +736,7 @@ int write_seg(Ctx &c, const dcm_seg_input *in, const char *path, char *sop_out)
                                                               (Uint16)p.dims[p.u], eqi, ci);
     std::unique_ptr<DcmSegmentation> seg(raw);
     if (r.bad() || !raw)
-        return fail_why(
+        return dcm__fail_why(
             c, r == EC_MemoryExhausted ? CTG_ENOMEM : CTG_EINVAL,
             "cannot start the segmentation (description '%.80s', manufacturer '%.64s', model "
             "'%.64s', serial '%.64s', version '%.64s'): %s",
@@ -766,7 +749,7 @@ int write_seg(Ctx &c, const dcm_seg_input *in, const char *path, char *sop_out)
     if ((rc = set_hierarchy(c, *seg, *srcff.getDataset(), in, eqi, series_uid, date, tm)) < 0)
         return rc;
     r = seg->getSOPCommon().setSOPInstanceUID(sop_uid.c_str());
-    if (r.bad()) return fail_why(c, CTG_EDICOM, "cannot set the SOP Instance UID: %s", r.text());
+    if (r.bad()) return dcm__fail_why(c, CTG_EDICOM, "cannot set the SOP Instance UID: %s", r.text());
     if ((rc = add_segments(c, *seg, in)) < 0 || (rc = add_shared(c, *seg, p)) < 0 ||
         (rc = add_frames(c, *seg, in, p, present)) < 0)
         return rc;
@@ -774,7 +757,7 @@ int write_seg(Ctx &c, const dcm_seg_input *in, const char *path, char *sop_out)
     DcmFileFormat ff;
     r = seg->writeDataset(*ff.getDataset());
     if (r.bad())
-        return fail_why(c, cond_err(r), "cannot build the segmentation data set: %s", r.text());
+        return dcm__fail_why(c, cond_err(r), "cannot build the segmentation data set: %s", r.text());
     size_t nframes = seg->getNumberOfFrames();
     seg.reset(); /* the frames now live in Pixel Data */
     if ((size_t)p.dims[p.u] * (size_t)p.dims[p.v] % 8 &&
@@ -828,7 +811,7 @@ int dcm__save_file(DcmFileFormat &ff, const char *path, char *why, size_t n)
     if (r.good())
         r = mi->computeGroupLengthAndPadding(
             EGL_withGL, EPD_noChange, META_HEADER_DEFAULT_TRANSFERSYNTAX, EET_UndefinedLength);
-    if (r.bad()) return fail_why(c, CTG_EDICOM, "cannot build the file meta header: %s", r.text());
+    if (r.bad()) return dcm__fail_why(c, CTG_EDICOM, "cannot build the file meta header: %s", r.text());
 
     /* The temp file sits beside the target, so the rename stays in one
      * file system; pid and a counter keep concurrent writers apart. */
@@ -841,17 +824,17 @@ int dcm__save_file(DcmFileFormat &ff, const char *path, char *why, size_t n)
         dir = slash == 0 ? "/" : p.substr(0, slash);
         base = p.substr(slash + 1);
     }
-    if (base.empty()) return fail_why(c, CTG_EINVAL, "output path '%.200s' names a folder", path);
+    if (base.empty()) return dcm__fail_why(c, CTG_EINVAL, "output path '%.200s' names a folder", path);
     char tmp[PATH_MAX];
     if (snprintf(tmp, sizeof tmp, "%s/.%s.%ld.%u.tmp", dir.c_str(), base.c_str(), (long)getpid(),
                  seq.fetch_add(1)) >= (int)sizeof tmp)
-        return fail_why(c, CTG_EINVAL, "output path too long");
+        return dcm__fail_why(c, CTG_EINVAL, "output path too long");
 
     char msg[512];
     int err = dcm__write_durable(ff, tmp, path, xfer, msg, sizeof msg);
-    if (err) return fail_why(c, err, "%s", msg);
+    if (err) return dcm__fail_why(c, err, "%s", msg);
     if ((err = ctg_fsync_dir(dir.c_str())) < 0)
-        return fail_why(c, err, "cannot sync %s: %s", dir.c_str(), ctg_strerror(err));
+        return dcm__fail_why(c, err, "cannot sync %s: %s", dir.c_str(), ctg_strerror(err));
     return 0;
 }
 
@@ -899,9 +882,9 @@ int dcm_write_seg(const dcm_seg_input *in, const char *path, char sop_uid[65], c
         return write_seg(c, in, path, sop_uid);
     } catch (const std::bad_alloc &) {
         c.err = 0;
-        return fail_why(c, CTG_ENOMEM, "out of memory writing the segmentation");
+        return dcm__fail_why(c, CTG_ENOMEM, "out of memory writing the segmentation");
     } catch (...) {
         c.err = 0;
-        return fail_why(c, CTG_EDICOM, "internal error writing the segmentation");
+        return dcm__fail_why(c, CTG_EDICOM, "internal error writing the segmentation");
     }
 }

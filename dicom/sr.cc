@@ -83,32 +83,15 @@ namespace {
 const char *const kPrivateScheme = "99CTGLIP";
 const char *const kPrivateSchemeName = "ctglip finding keys (etc/findings.conf)";
 
-/* One write call's error state: the first error wins, later ones would
- * only repeat it. */
-struct Ctx {
-    int err = 0;
-    char *why = nullptr;
-    size_t n = 0;
-};
-
-int fail_why(Ctx &c, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-int fail_why(Ctx &c, int err, const char *fmt, ...)
-{
-    if (c.err) return c.err;
-    va_list ap;
-    va_start(ap, fmt);
-    if (c.why && c.n) vsnprintf(c.why, c.n, fmt, ap);
-    va_end(ap);
-    c.err = err;
-    return err;
-}
+/* One write call's error state (dicom_int.h). */
+struct Ctx : DcmWhy {};
 
 /* A DCMTK call that cannot fail on input we already checked: a failure is
  * DCMTK's, reported with what we were doing. */
 int dcmtk_ok(Ctx &c, const OFCondition &r, const char *what)
 {
     if (r.good()) return 0;
-    return fail_why(c, CTG_EDICOM, "cannot %s: %s", what, r.text());
+    return dcm__fail_why(c, CTG_EDICOM, "cannot %s: %s", what, r.text());
 }
 
 bool empty(const char *s) { return !s || !s[0]; }
@@ -133,19 +116,19 @@ int check_code(Ctx &c, const dcm_code &k, const char *what, bool required)
 {
     bool none = empty(k.value) && empty(k.scheme) && empty(k.meaning);
     if (none) {
-        if (required) return fail_why(c, CTG_EINVAL, "%s: no code", what);
+        if (required) return dcm__fail_why(c, CTG_EINVAL, "%s: no code", what);
         return 0;
     }
     if (empty(k.value) || empty(k.scheme) || empty(k.meaning))
-        return fail_why(c, CTG_EINVAL, "%s: code value, scheme and meaning are all needed "
+        return dcm__fail_why(c, CTG_EINVAL, "%s: code value, scheme and meaning are all needed "
                         "(got '%s', '%s', '%s')", what, k.value ? k.value : "",
                         k.scheme ? k.scheme : "", k.meaning ? k.meaning : "");
     if (!text_ok(k.value, 64) || !text_ok(k.scheme, 16) || !text_ok(k.meaning, 64))
-        return fail_why(c, CTG_EINVAL, "%s: code (%.70s, %.20s, \"%.70s\") is not printable ASCII "
+        return dcm__fail_why(c, CTG_EINVAL, "%s: code (%.70s, %.20s, \"%.70s\") is not printable ASCII "
                         "within 64/16/64 characters", what, k.value, k.scheme, k.meaning);
     DSRCodedEntryValue v(k.value, k.scheme, k.meaning);
     if (!v.isValid())
-        return fail_why(c, CTG_EINVAL, "%s: code (%s, %s, \"%s\") is not a valid DICOM code", what,
+        return dcm__fail_why(c, CTG_EINVAL, "%s: code (%s, %s, \"%s\") is not a valid DICOM code", what,
                         k.value, k.scheme, k.meaning);
     return 0;
 }
@@ -210,9 +193,9 @@ int load_header(Ctx &c, const char *path, const char *what, DcmFileFormat &ff, R
      * one alike; the system says which. */
     struct stat st;
     if (stat(path, &st) < 0)
-        return fail_why(c, ctg_errno(errno), "%s %s: %s", what, path, strerror(errno));
+        return dcm__fail_why(c, ctg_errno(errno), "%s %s: %s", what, path, strerror(errno));
     OFCondition r = ff.loadFile(path, EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
-    if (r.bad()) return fail_why(c, CTG_EDICOM, "%s %s cannot be read: %s", what, path, r.text());
+    if (r.bad()) return dcm__fail_why(c, CTG_EDICOM, "%s %s cannot be read: %s", what, path, r.text());
     DcmDataset *ds = ff.getDataset();
     ref.study = get_str(ds, DCM_StudyInstanceUID);
     ref.series = get_str(ds, DCM_SeriesInstanceUID);
@@ -220,7 +203,7 @@ int load_header(Ctx &c, const char *path, const char *what, DcmFileFormat &ff, R
     ref.sop = get_str(ds, DCM_SOPInstanceUID);
     if (!dcm__uid_ok(ref.study.c_str()) || !dcm__uid_ok(ref.series.c_str()) ||
         !dcm__uid_ok(ref.cls.c_str()) || !dcm__uid_ok(ref.sop.c_str()))
-        return fail_why(c, CTG_EDICOM, "%s %s lacks a valid study, series, SOP class or SOP "
+        return dcm__fail_why(c, CTG_EDICOM, "%s %s lacks a valid study, series, SOP class or SOP "
                         "instance UID", what, path);
     return 0;
 }
@@ -236,51 +219,51 @@ bool is_sr_class(const std::string &cls)
  * reason instead of as a report a PACS or validator rejects. */
 int check_input(Ctx &c, const dcm_sr_input *in, const char *path)
 {
-    if (empty(path)) return fail_why(c, CTG_EINVAL, "no output path");
+    if (empty(path)) return dcm__fail_why(c, CTG_EINVAL, "no output path");
     const dcm_source *src = in->src;
     if (!src || !src->files || src->nfiles < 1 || !src->info)
-        return fail_why(c, CTG_EINVAL, "no source series (files and dcm_vol_info)");
+        return dcm__fail_why(c, CTG_EINVAL, "no source series (files and dcm_vol_info)");
     for (int i = 0; i < src->nfiles; i++)
-        if (empty(src->files[i])) return fail_why(c, CTG_EINVAL, "source file %d has no path", i);
+        if (empty(src->files[i])) return dcm__fail_why(c, CTG_EINVAL, "source file %d has no path", i);
     const dcm_vol_info *info = src->info;
     if (!dcm__uid_ok(info->study_uid) || !dcm__uid_ok(info->series_uid))
-        return fail_why(c, CTG_EINVAL, "the source volume info has no valid study and series UID");
-    if (empty(in->seg_path)) return fail_why(c, CTG_EINVAL, "no SEG path");
+        return dcm__fail_why(c, CTG_EINVAL, "the source volume info has no valid study and series UID");
+    if (empty(in->seg_path)) return dcm__fail_why(c, CTG_EINVAL, "no SEG path");
 
     const dcm_equipment *eq = in->eq;
-    if (!eq) return fail_why(c, CTG_EINVAL, "no equipment (model identity)");
+    if (!eq) return dcm__fail_why(c, CTG_EINVAL, "no equipment (model identity)");
     if (!text_ok(eq->manufacturer, 64))
-        return fail_why(c, CTG_EINVAL, "equipment manufacturer missing or not printable ASCII of "
+        return dcm__fail_why(c, CTG_EINVAL, "equipment manufacturer missing or not printable ASCII of "
                         "at most 64 characters");
     if (!text_ok(eq->model_name, 64))
-        return fail_why(c, CTG_EINVAL, "model name missing or not printable ASCII of at most 64 "
+        return dcm__fail_why(c, CTG_EINVAL, "model name missing or not printable ASCII of at most 64 "
                         "characters");
     if (!text_ok(eq->model_version, 64))
-        return fail_why(c, CTG_EINVAL, "model version missing or not printable ASCII of at most "
+        return dcm__fail_why(c, CTG_EINVAL, "model version missing or not printable ASCII of at most "
                         "64 characters");
     if (!empty(eq->software_version) && !text_ok(eq->software_version, 64))
-        return fail_why(c, CTG_EINVAL, "software version is not printable ASCII of at most 64 "
+        return dcm__fail_why(c, CTG_EINVAL, "software version is not printable ASCII of at most 64 "
                         "characters");
     if (!empty(eq->institution) && !text_ok(eq->institution, 64))
-        return fail_why(c, CTG_EINVAL, "institution is not printable ASCII of at most 64 "
+        return dcm__fail_why(c, CTG_EINVAL, "institution is not printable ASCII of at most 64 "
                         "characters");
     if (!dcm__uid_ok(eq->device_uid))
-        return fail_why(c, CTG_EINVAL, "device UID '%.80s' is not a valid UID",
+        return dcm__fail_why(c, CTG_EINVAL, "device UID '%.80s' is not a valid UID",
                         eq->device_uid ? eq->device_uid : "");
     if (!empty(eq->creation_date) && DcmDate::checkStringValue(eq->creation_date, "1").bad())
-        return fail_why(c, CTG_EINVAL, "creation date '%.20s' is not a DICOM date (YYYYMMDD)",
+        return dcm__fail_why(c, CTG_EINVAL, "creation date '%.20s' is not a DICOM date (YYYYMMDD)",
                         eq->creation_date);
     if (!empty(eq->creation_time) && DcmTime::checkStringValue(eq->creation_time, "1").bad())
-        return fail_why(c, CTG_EINVAL, "creation time '%.20s' is not a DICOM time (HHMMSS)",
+        return dcm__fail_why(c, CTG_EINVAL, "creation time '%.20s' is not a DICOM time (HHMMSS)",
                         eq->creation_time);
 
     if (!empty(in->series_uid) && !dcm__uid_ok(in->series_uid))
-        return fail_why(c, CTG_EINVAL, "series UID '%.80s' is not a valid UID", in->series_uid);
+        return dcm__fail_why(c, CTG_EINVAL, "series UID '%.80s' is not a valid UID", in->series_uid);
     if (!empty(in->series_desc) && !text_ok(in->series_desc, 64))
-        return fail_why(c, CTG_EINVAL, "series description is not printable ASCII of at most 64 "
+        return dcm__fail_why(c, CTG_EINVAL, "series description is not printable ASCII of at most 64 "
                         "characters");
 
-    if (in->norgans < 1 || !in->organs) return fail_why(c, CTG_EINVAL, "no organs to report");
+    if (in->norgans < 1 || !in->organs) return dcm__fail_why(c, CTG_EINVAL, "no organs to report");
     std::set<std::string> ids, uids;
     std::set<int> segs;
     for (int i = 0; i < in->norgans; i++) {
@@ -288,18 +271,18 @@ int check_input(Ctx &c, const dcm_sr_input *in, const char *path)
         char what[96];
         snprintf(what, sizeof what, "organ %d", i);
         if (!text_ok(o->tracking_id, 64))
-            return fail_why(c, CTG_EINVAL, "%s: tracking identifier missing or not printable "
+            return dcm__fail_why(c, CTG_EINVAL, "%s: tracking identifier missing or not printable "
                             "ASCII of at most 64 characters", what);
         snprintf(what, sizeof what, "organ %d (%s)", i, o->tracking_id);
         if (!dcm__uid_ok(o->tracking_uid))
-            return fail_why(c, CTG_EINVAL, "%s: tracking UID '%.80s' is not a valid UID", what,
+            return dcm__fail_why(c, CTG_EINVAL, "%s: tracking UID '%.80s' is not a valid UID", what,
                             o->tracking_uid ? o->tracking_uid : "");
         if (o->segment_number < 1 || o->segment_number > 65535)
-            return fail_why(c, CTG_EINVAL, "%s: segment number %d is not 1..65535", what,
+            return dcm__fail_why(c, CTG_EINVAL, "%s: segment number %d is not 1..65535", what,
                             o->segment_number);
         if (!ids.insert(o->tracking_id).second || !uids.insert(o->tracking_uid).second ||
             !segs.insert(o->segment_number).second)
-            return fail_why(c, CTG_EINVAL, "%s: tracking identifier, tracking UID or segment "
+            return dcm__fail_why(c, CTG_EINVAL, "%s: tracking identifier, tracking UID or segment "
                             "number %d repeats an earlier organ's", what, o->segment_number);
         int r;
         std::string w = std::string(what) + " finding site";
@@ -308,19 +291,19 @@ int check_input(Ctx &c, const dcm_sr_input *in, const char *path)
         if ((r = check_code(c, o->laterality, w.c_str(), false)) < 0) return r;
         if (!empty(o->laterality.value) &&
             !CID244e_Laterality(code_of(o->laterality)).hasSelectedValue())
-            return fail_why(c, CTG_EINVAL, "%s: laterality is not usable", what);
+            return dcm__fail_why(c, CTG_EINVAL, "%s: laterality is not usable", what);
         if (!std::isfinite(o->volume_ml) || o->volume_ml < 0)
-            return fail_why(c, CTG_EINVAL, "%s: volume %g ml is not a finite value >= 0", what,
+            return dcm__fail_why(c, CTG_EINVAL, "%s: volume %g ml is not a finite value >= 0", what,
                             o->volume_ml);
         /* NaN is allowed (an organ without voxels has no mean) and is
          * written as "Not a number"; infinity is a bug upstream. */
         if (std::isinf(o->mean_hu))
-            return fail_why(c, CTG_EINVAL, "%s: mean HU is infinite", what);
+            return dcm__fail_why(c, CTG_EINVAL, "%s: mean HU is infinite", what);
         if (o->low_confidence && o->nearest && !empty(o->nearest) && !text_ok(o->nearest, 64))
-            return fail_why(c, CTG_EINVAL, "%s: nearest organ name is not printable ASCII of at "
+            return dcm__fail_why(c, CTG_EINVAL, "%s: nearest organ name is not printable ASCII of at "
                             "most 64 characters", what);
         if (o->nfindings < 0 || (o->nfindings > 0 && !o->findings))
-            return fail_why(c, CTG_EINVAL, "%s: %d findings but no array", what, o->nfindings);
+            return dcm__fail_why(c, CTG_EINVAL, "%s: %d findings but no array", what, o->nfindings);
         std::set<std::string> seen;
         for (int j = 0; j < o->nfindings; j++) {
             const dcm_sr_finding *f = &o->findings[j];
@@ -328,13 +311,13 @@ int check_input(Ctx &c, const dcm_sr_input *in, const char *path)
             snprintf(fw, sizeof fw, "%s finding %d", what, j);
             if ((r = check_code(c, f->finding, fw, true)) < 0) return r;
             if (!seen.insert(std::string(f->finding.scheme) + ":" + f->finding.value).second)
-                return fail_why(c, CTG_EINVAL, "%s: finding (%s, %s) is listed twice", what,
+                return dcm__fail_why(c, CTG_EINVAL, "%s: finding (%s, %s) is listed twice", what,
                                 f->finding.value, f->finding.scheme);
             if (!(f->probability >= 0 && f->probability <= 1))
-                return fail_why(c, CTG_EINVAL, "%s (%s): probability %g is not in [0, 1]", fw,
+                return dcm__fail_why(c, CTG_EINVAL, "%s (%s): probability %g is not in [0, 1]", fw,
                                 f->finding.meaning, f->probability);
             if (!(f->threshold >= 0 && f->threshold <= 1))
-                return fail_why(c, CTG_EINVAL, "%s (%s): threshold %g is not in [0, 1]", fw,
+                return dcm__fail_why(c, CTG_EINVAL, "%s (%s): threshold %g is not in [0, 1]", fw,
                                 f->finding.meaning, f->threshold);
         }
     }
@@ -350,10 +333,10 @@ int check_seg(Ctx &c, const dcm_sr_input *in, DcmFileFormat &ff, Ref &seg)
     int r;
     if ((r = load_header(c, in->seg_path, "SEG", ff, seg)) < 0) return r;
     if (seg.cls != UID_SegmentationStorage)
-        return fail_why(c, CTG_EINVAL, "%s is not a Segmentation object (SOP class %s)",
+        return dcm__fail_why(c, CTG_EINVAL, "%s is not a Segmentation object (SOP class %s)",
                         in->seg_path, seg.cls.c_str());
     if (seg.study != in->src->info->study_uid)
-        return fail_why(c, CTG_EINVAL, "SEG %s belongs to study %s, not to the source study %s",
+        return dcm__fail_why(c, CTG_EINVAL, "SEG %s belongs to study %s, not to the source study %s",
                         in->seg_path, seg.study.c_str(), in->src->info->study_uid);
     DcmDataset *ds = ff.getDataset();
     for (int i = 0; i < in->norgans; i++) {
@@ -368,13 +351,13 @@ int check_seg(Ctx &c, const dcm_sr_input *in, DcmFileFormat &ff, Ref &seg)
             found = true;
             std::string tuid = get_str(item, DCM_TrackingUID);
             if (!tuid.empty() && tuid != o->tracking_uid)
-                return fail_why(c, CTG_EINVAL, "organ %s: segment %d of the SEG has tracking UID "
+                return dcm__fail_why(c, CTG_EINVAL, "organ %s: segment %d of the SEG has tracking UID "
                                 "%s, the organ %s", o->tracking_id, o->segment_number,
                                 tuid.c_str(), o->tracking_uid);
             break;
         }
         if (!found)
-            return fail_why(c, CTG_EINVAL, "organ %s: the SEG %s has no segment %d",
+            return dcm__fail_why(c, CTG_EINVAL, "organ %s: the SEG %s has no segment %d",
                             o->tracking_id, in->seg_path, o->segment_number);
     }
     return 0;
@@ -387,10 +370,10 @@ int check_predecessor(Ctx &c, const dcm_sr_input *in, Ref &pre)
     int r;
     if ((r = load_header(c, in->predecessor_path, "predecessor SR", ff, pre)) < 0) return r;
     if (!is_sr_class(pre.cls))
-        return fail_why(c, CTG_EINVAL, "predecessor %s is not a structured report (SOP class %s)",
+        return dcm__fail_why(c, CTG_EINVAL, "predecessor %s is not a structured report (SOP class %s)",
                         in->predecessor_path, pre.cls.c_str());
     if (pre.study != in->src->info->study_uid)
-        return fail_why(c, CTG_EINVAL, "predecessor %s belongs to study %s, not to the source "
+        return dcm__fail_why(c, CTG_EINVAL, "predecessor %s belongs to study %s, not to the source "
                         "study %s", in->predecessor_path, pre.study.c_str(),
                         in->src->info->study_uid);
     return 0;
@@ -419,7 +402,7 @@ int add_sources(Ctx &c, const dcm_sr_input *in, TID1600_ImageLibrary &lib, DcmFi
         int r;
         if ((r = load_header(c, src->files[i], "source file", ff, ref)) < 0) return r;
         if (ref.study != src->info->study_uid || ref.series != src->info->series_uid)
-            return fail_why(c, CTG_EINVAL, "source file %s is not of the analysed series %s of "
+            return dcm__fail_why(c, CTG_EINVAL, "source file %s is not of the analysed series %s of "
                             "study %s", src->files[i], src->info->series_uid,
                             src->info->study_uid);
         /* The same instance listed twice (a file stored twice) is one
@@ -433,7 +416,7 @@ int add_sources(Ctx &c, const dcm_sr_input *in, TID1600_ImageLibrary &lib, DcmFi
             cond = lib.addImageEntry(*ff.getDataset(), TID1600_ImageLibrary::withoutDescriptors);
         }
         if (cond.bad())
-            return fail_why(c, CTG_EDICOM, "cannot list %s in the image library: %s", src->files[i],
+            return dcm__fail_why(c, CTG_EDICOM, "cannot list %s in the image library: %s", src->files[i],
                             cond.text());
         refs.push_back(ref);
     }
@@ -636,7 +619,7 @@ int write_sr(Ctx &c, const dcm_sr_input *in, const char *path, char *sop_out)
             return r;
     }
     if (!report.isValid())
-        return fail_why(c, CTG_EDICOM, "the TID 1500 report is incomplete (DCMTK's template "
+        return dcm__fail_why(c, CTG_EDICOM, "the TID 1500 report is incomplete (DCMTK's template "
                         "check failed)");
 
     /* ---- the document around it ---- */

@@ -80,7 +80,7 @@ struct Geometry {
 
 /* One write call: the inputs, what was derived from them, and the first
  * error met while building a data set (later ones would only repeat it). */
-struct Ctx {
+struct Ctx : DcmWhy {
     const ctg_vol *vol = nullptr;
     const dcm_ct_meta *meta = nullptr;
     Geometry g;
@@ -91,25 +91,10 @@ struct Ctx {
     std::string date, time;  /* study date and time: content, acquisition */
     std::string now_date, now_time;
     double intercept = 0;
-    int err = 0;
-    char *why = nullptr;
-    size_t n = 0;
 };
 
 const char *nz(const char *s) { return s ? s : ""; }
 
-int fail_why(Ctx &c, int err, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-int fail_why(Ctx &c, int err, const char *fmt, ...)
-{
-    if (c.err) return c.err;
-    va_list ap;
-    va_start(ap, fmt);
-    if (c.why && c.n) vsnprintf(c.why, c.n, fmt, ap);
-    va_end(ap);
-    c.err = err;
-    return err;
-}
 
 
 /* A DS value (at most 16 characters) as close to v as fits. */
@@ -189,7 +174,7 @@ void put(Ctx &c, DcmItem *it, const DcmTagKey &tag, const std::string &v)
         }
     }
     if (r.bad())
-        fail_why(c, CTG_EINVAL, "%s %s: value '%.80s' is not valid: %s",
+        dcm__fail_why(c, CTG_EINVAL, "%s %s: value '%.80s' is not valid: %s",
                  DcmTag(tag).getTagName(), DcmTag(tag).toString().c_str(),
                  v.c_str(), r.text());
 }
@@ -209,21 +194,21 @@ void put_fd(Ctx &c, DcmItem *it, const DcmTagKey &tag, const double *v, int coun
 {
     if (c.err) return;
     OFCondition r = it->putAndInsertFloat64Array(tag, v, (unsigned long)count);
-    if (r.bad()) fail_why(c, CTG_EDICOM, "cannot set %s: %s", DcmTag(tag).getTagName(), r.text());
+    if (r.bad()) dcm__fail_why(c, CTG_EDICOM, "cannot set %s: %s", DcmTag(tag).getTagName(), r.text());
 }
 
 void put_us(Ctx &c, DcmItem *it, const DcmTagKey &tag, unsigned v)
 {
     if (c.err) return;
     OFCondition r = it->putAndInsertUint16(tag, (Uint16)v);
-    if (r.bad()) fail_why(c, CTG_EDICOM, "cannot set %s: %s", DcmTag(tag).getTagName(), r.text());
+    if (r.bad()) dcm__fail_why(c, CTG_EDICOM, "cannot set %s: %s", DcmTag(tag).getTagName(), r.text());
 }
 
 void put_at(Ctx &c, DcmItem *it, const DcmTagKey &tag, const DcmTagKey &value)
 {
     if (c.err) return;
     OFCondition r = it->putAndInsertTagKey(tag, value);
-    if (r.bad()) fail_why(c, CTG_EDICOM, "cannot set %s: %s", DcmTag(tag).getTagName(), r.text());
+    if (r.bad()) dcm__fail_why(c, CTG_EDICOM, "cannot set %s: %s", DcmTag(tag).getTagName(), r.text());
 }
 
 /* The item of a new sequence of one item (or a new item appended to it);
@@ -234,7 +219,7 @@ DcmItem *seq_item(Ctx &c, DcmItem *parent, const DcmTagKey &seq)
     DcmItem *item = nullptr;
     OFCondition r = parent->findOrCreateSequenceItem(seq, item, -2);
     if (r.bad() || !item) {
-        fail_why(c, CTG_EDICOM, "cannot create %s: %s", DcmTag(seq).getTagName(), r.text());
+        dcm__fail_why(c, CTG_EDICOM, "cannot create %s: %s", DcmTag(seq).getTagName(), r.text());
         return nullptr;
     }
     return item;
@@ -245,7 +230,7 @@ void empty_seq(Ctx &c, DcmItem *parent, const DcmTagKey &seq)
 {
     if (c.err) return;
     OFCondition r = parent->insert(new DcmSequenceOfItems(seq), OFTrue);
-    if (r.bad()) fail_why(c, CTG_EDICOM, "cannot create %s: %s", DcmTag(seq).getTagName(), r.text());
+    if (r.bad()) dcm__fail_why(c, CTG_EDICOM, "cannot create %s: %s", DcmTag(seq).getTagName(), r.text());
 }
 
 void put_code(Ctx &c, DcmItem *it, const char *value, const char *scheme,
@@ -314,7 +299,7 @@ int geometry(Ctx &c)
         for (int r = 0; r < 3; r++) s += v->aff[r][a] * v->aff[r][a];
         len[a] = sqrt(s);
         if (!(len[a] > 1e-9) || !std::isfinite(len[a]))
-            return fail_why(c, CTG_EINVAL, "affine column %d has no length: the volume has no geometry", a);
+            return dcm__fail_why(c, CTG_EINVAL, "affine column %d has no length: the volume has no geometry", a);
     }
     for (int r = 0; r < 3; r++) {
         g.row[r] = v->aff[r][0] / len[0];
@@ -322,7 +307,7 @@ int geometry(Ctx &c)
     }
     /* DICOM image planes have orthogonal rows and columns. */
     if (fabs(dot3(g.row, g.col)) > 1e-4)
-        return fail_why(c, CTG_EINVAL, "affine columns i and j are not orthogonal (cos %.6f)",
+        return dcm__fail_why(c, CTG_EINVAL, "affine columns i and j are not orthogonal (cos %.6f)",
                         dot3(g.row, g.col));
     g.normal[0] = g.row[1] * g.col[2] - g.row[2] * g.col[1];
     g.normal[1] = g.row[2] * g.col[0] - g.row[0] * g.col[2];
@@ -442,7 +427,7 @@ void put_pixels(Ctx &c, DcmDataset *ds, int k0, int count)
         r = EC_MemoryExhausted;
     }
     delete pd;
-    fail_why(c, r == EC_MemoryExhausted ? CTG_ENOMEM : CTG_EDICOM, "cannot set Pixel Data: %s",
+    dcm__fail_why(c, r == EC_MemoryExhausted ? CTG_ENOMEM : CTG_EDICOM, "cannot set Pixel Data: %s",
              r.text());
 }
 
@@ -642,7 +627,7 @@ void build_enhanced(Ctx &c, DcmDataset *ds)
             Uint32 idx[3] = {1, (Uint32)k + 1, (Uint32)k + 1};
             if (!c.err) {
                 OFCondition r = it->putAndInsertUint32Array(DCM_DimensionIndexValues, idx, 3);
-                if (r.bad()) fail_why(c, CTG_EDICOM, "cannot set Dimension Index Values: %s", r.text());
+                if (r.bad()) dcm__fail_why(c, CTG_EDICOM, "cannot set Dimension Index Values: %s", r.text());
             }
         }
     }
@@ -696,7 +681,7 @@ int save(Ctx &c, DcmFileFormat &ff, const char *dir, const char *name)
         /* canWriteXfer() asks whether the encoded pixel data is really
          * there, so a codec that quietly declined shows up here. */
         if (r.bad() || !ds->canWriteXfer(c.xfer))
-            return fail_why(c, CTG_EDICOM, "cannot encode %s as %s: %s", name,
+            return dcm__fail_why(c, CTG_EDICOM, "cannot encode %s as %s: %s", name,
                             xf.getXferName(), r.bad() ? r.text() : "no encoder");
         /* The JPEG encoder notes itself in Derivation Description, which
          * Enhanced CT keeps only inside the Derivation Image functional
@@ -713,15 +698,15 @@ int save(Ctx &c, DcmFileFormat &ff, const char *dir, const char *name)
     if (r.good())
         r = mi->computeGroupLengthAndPadding(EGL_withGL, EPD_noChange,
                                              META_HEADER_DEFAULT_TRANSFERSYNTAX, EET_UndefinedLength);
-    if (r.bad()) return fail_why(c, CTG_EDICOM, "cannot build the file meta header: %s", r.text());
+    if (r.bad()) return dcm__fail_why(c, CTG_EDICOM, "cannot build the file meta header: %s", r.text());
 
     char path[PATH_MAX], tmp[PATH_MAX];
     if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path ||
         snprintf(tmp, sizeof tmp, "%s/.%s.%ld.tmp", dir, name, (long)getpid()) >= (int)sizeof tmp)
-        return fail_why(c, CTG_EINVAL, "output directory name too long");
+        return dcm__fail_why(c, CTG_EINVAL, "output directory name too long");
     char msg[512];
     int err = dcm__write_durable(ff, tmp, path, c.xfer, msg, sizeof msg);
-    return err ? fail_why(c, err, "%s", msg) : 0;
+    return err ? dcm__fail_why(c, err, "%s", msg) : 0;
 }
 
 /* A new UID: "2.25." followed by a random 128-bit number in decimal (the
@@ -729,33 +714,8 @@ int save(Ctx &c, DcmFileFormat &ff, const char *dir, const char *name)
  * is needed and suffixes still fit in 64. */
 std::string new_uid()
 {
-    unsigned char b[16];
-    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
-        /* No entropy source: fall back to DCMTK's generator (time, pid,
-         * host), which is unique though longer. */
-        char buf[100];
-        dcmGenerateUniqueIdentifier(buf, SITE_INSTANCE_UID_ROOT);
-        return buf;
-    }
-    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
-    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* variant */
-    /* Long division of the 128-bit big-endian number by 10. */
-    char dig[40];
-    int nd = 0;
-    for (;;) {
-        unsigned rem = 0;
-        int nonzero = 0;
-        for (int i = 0; i < 16; i++) {
-            unsigned cur = rem * 256u + b[i];
-            b[i] = (unsigned char)(cur / 10u);
-            rem = cur % 10u;
-            nonzero |= b[i];
-        }
-        dig[nd++] = (char)('0' + rem);
-        if (!nonzero) break;
-    }
-    std::string u = "2.25.";
-    while (nd) u += dig[--nd];
+    char u[65];
+    dcm__uid_random(u);
     return u;
 }
 
@@ -764,7 +724,7 @@ int take_uid(Ctx &c, const char *given, const char *what, std::string &out)
 {
     if (given && given[0]) {
         if (!dcm__uid_ok(given))
-            return fail_why(c, CTG_EBADUID, "%s '%.80s' is not a valid UID", what, given);
+            return dcm__fail_why(c, CTG_EBADUID, "%s '%.80s' is not a valid UID", what, given);
         out = given;
         return 0;
     }
@@ -787,10 +747,10 @@ int prepare(Ctx &c)
     const ctg_vol *v = c.vol;
     const dcm_ct_meta *m = c.meta;
     if (v->dtype != CTG_F32 && v->dtype != CTG_I16)
-        return fail_why(c, CTG_EINVAL, "volume dtype %d cannot be written as CT (F32 or I16 in HU)",
+        return dcm__fail_why(c, CTG_EINVAL, "volume dtype %d cannot be written as CT (F32 or I16 in HU)",
                         v->dtype);
     if (v->nx < 1 || v->ny < 1 || v->nz < 1 || v->nx > 65535 || v->ny > 65535 || !v->data)
-        return fail_why(c, CTG_EINVAL, "volume size %dx%dx%d cannot be a CT image", v->nx, v->ny,
+        return dcm__fail_why(c, CTG_EINVAL, "volume size %dx%dx%d cannot be a CT image", v->nx, v->ny,
                         v->nz);
     switch (m->transfer_syntax) {
     case DCM_TS_EXPLICIT_LE: c.xfer = EXS_LittleEndianExplicit; break;
@@ -799,14 +759,14 @@ int prepare(Ctx &c)
     case DCM_TS_JPEGLS_LOSSLESS: c.xfer = EXS_JPEGLSLossless; break;
     case DCM_TS_RLE: c.xfer = EXS_RLELossless; break;
     default:
-        return fail_why(c, CTG_EINVAL, "unknown transfer syntax %d", m->transfer_syntax);
+        return dcm__fail_why(c, CTG_EINVAL, "unknown transfer syntax %d", m->transfer_syntax);
     }
     if (m->enhanced) {
         /* Pixel Data in native encoding has a 32-bit length, and the whole
          * volume is also held in memory as one frame set while encoding. */
         uint64_t bytes = (uint64_t)v->nx * (uint64_t)v->ny * (uint64_t)v->nz * 2;
         if (bytes > 0xFFFFFFFEull)
-            return fail_why(c, CTG_ETOOBIG,
+            return dcm__fail_why(c, CTG_ETOOBIG,
                             "volume too large for one Enhanced CT object (%llu bytes of "
                             "pixel data, at most 4294967294)",
                             (unsigned long long)bytes);
@@ -817,7 +777,7 @@ int prepare(Ctx &c)
         for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
             if (!strcmp(m->patient_position, ok[i])) found = true;
         if (!found)
-            return fail_why(c, CTG_EINVAL, "patient position '%.20s' is not one of HFS, FFS, HFP, "
+            return dcm__fail_why(c, CTG_EINVAL, "patient position '%.20s' is not one of HFS, FFS, HFP, "
                             "FFP, HFDR, HFDL, FFDR, FFDL", m->patient_position);
     }
     int r;
@@ -830,7 +790,7 @@ int prepare(Ctx &c)
     c.prefix = m->sop_uid_prefix && m->sop_uid_prefix[0] ? m->sop_uid_prefix : c.series_uid;
     std::string last = c.prefix + "." + std::to_string(m->enhanced ? 1 : v->nz);
     if (!dcm__uid_ok(last.c_str()))
-        return fail_why(c, CTG_EBADUID, "SOP Instance UID %.80s%s is not valid (%s)", last.c_str(),
+        return dcm__fail_why(c, CTG_EBADUID, "SOP Instance UID %.80s%s is not valid (%s)", last.c_str(),
                         last.size() > 80 ? "..." : "",
                         last.size() > 64 ? "longer than 64 characters" : "bad prefix");
     c.event_uid = derived_uid(c.prefix, ".0.1");
@@ -848,7 +808,7 @@ int prepare(Ctx &c)
         for (char ch : c.image_type) values += ch == '\\';
         if (values == 3) c.image_type += "\\NONE";
         else if (values != 4)
-            return fail_why(c, CTG_EINVAL, "image type '%.80s' needs 3 or 4 values for Enhanced CT",
+            return dcm__fail_why(c, CTG_EINVAL, "image type '%.80s' needs 3 or 4 values for Enhanced CT",
                             c.image_type.c_str());
     }
     now_strings(c.now_date, c.now_time);
@@ -865,7 +825,7 @@ int write_series(Ctx &c, const char *dir)
     int r;
     if ((r = prepare(c)) < 0) return r;
     if ((r = ctg_mkdirs(dir)) < 0)
-        return fail_why(c, r, "cannot create %s: %s", dir, ctg_strerror(r));
+        return dcm__fail_why(c, r, "cannot create %s: %s", dir, ctg_strerror(r));
     const ctg_vol *v = c.vol;
     char name[32];
     if (c.meta->enhanced) {
@@ -882,7 +842,7 @@ int write_series(Ctx &c, const char *dir)
             if ((r = save(c, ff, dir, name)) < 0) return r;
         }
     }
-    if ((r = ctg_fsync_dir(dir)) < 0) return fail_why(c, r, "cannot sync %s: %s", dir, ctg_strerror(r));
+    if ((r = ctg_fsync_dir(dir)) < 0) return dcm__fail_why(c, r, "cannot sync %s: %s", dir, ctg_strerror(r));
     return 0;
 }
 
@@ -913,6 +873,17 @@ int dcm_write_ct_series(const char *dir, const ctg_vol *vol, const dcm_ct_meta *
 }
 
 /* ---- shared with the other writers (dicom_int.h) ------------------------------------ */
+
+int dcm__fail_why(DcmWhy &c, int err, const char *fmt, ...)
+{
+    if (c.err) return c.err;
+    va_list ap;
+    va_start(ap, fmt);
+    if (c.why && c.n) vsnprintf(c.why, c.n, fmt, ap);
+    va_end(ap);
+    c.err = err;
+    return err;
+}
 
 bool dcm__uid_ok(const char *u)
 {
