@@ -26,10 +26,11 @@ The network (model.h, model.c), built from the model config:
     hidden -> E, L2 normalisation (fp32, as in cunet);
   text side: Linear text_dim -> E (when text_dim > 0), L2 normalisation.
 
-The model file (core/model_io.c, model.h), little-endian, version 2:
-  "CTGLIPMD", u32 version, u32 ncfg (15), i32 in_ch, n_classes, width,
-  depth, mult, max_width, embed_dim, mlp_hidden, text_dim, patch[3] (z y x),
-  f32 hu_lo, hu_hi, slope; u32 K, K x {u32 v2 id, u32 len, name}; u32 len,
+The model file (core/model_io.c, model.h), little-endian, version 3:
+  "CTGLIPMD", u32 version, u32 ncfg (16; 15 before version 3), i32 in_ch,
+  n_classes, width, depth, mult, max_width, embed_dim, mlp_hidden, text_dim,
+  patch[3] (z y x), f32 hu_lo, hu_hi, slope; (version 3) u32 pool (0 mean,
+  1 mean+max: the MLP reads [mean | max], 2*C_0 values); u32 K, K x {u32 v2 id, u32 len, name}; u32 len,
   text encoder identity; (version 2) f32 spacing[3], u32 n_meta, n_meta x
   {u32 len, key, u32 len, value}; u32 n_tensors, n_tensors x {u32 len, name,
   u64 count}; u64 n_params, n_params f32; 32 bytes SHA-256 of all before.
@@ -96,7 +97,7 @@ def config_default(k):
     """mdl_config_default (model.c)."""
     return dict(in_ch=1, n_classes=k, width=16, depth=4, mult=2, max_width=320, embed_dim=256,
                 mlp_hidden=768, text_dim=0, patch=[64, 64, 64], hu_lo=-1000.0, hu_hi=1000.0,
-                slope=0.01)
+                slope=0.01, pool=0)
 
 
 def level_width(c, l):
@@ -132,7 +133,8 @@ def tensor_table(c):
         t.append(("up%d.b" % l, ch[l]))
         block("dec%d" % l, 2 * ch[l], ch[l])
     k1, c0, E, H = c["n_classes"] + 1, ch[0], c["embed_dim"], c["mlp_hidden"]
-    t.extend([("head.w", k1 * c0), ("head.b", k1), ("mlp.fc1.w", H * c0), ("mlp.fc1.b", H),
+    pd = 2 * c0 if c.get("pool", 0) == 1 else c0
+    t.extend([("head.w", k1 * c0), ("head.b", k1), ("mlp.fc1.w", H * pd), ("mlp.fc1.b", H),
               ("mlp.fc2.w", E * H), ("mlp.fc2.b", E)])
     if c["text_dim"] > 0:
         t.extend([("text.proj.w", E * c["text_dim"]), ("text.proj.b", E)])
@@ -163,17 +165,18 @@ class ModelFile:
             raise ValueError("%s: not a ctglip model file" % path)
         o[0] = 8
         (version,) = take("I")
-        if version not in (1, 2):
+        if version not in (1, 2, 3):
             raise ValueError("%s: model format version %d" % (path, version))
         (ncfg,) = take("I")
-        if ncfg != 15:
+        if ncfg != (16 if version >= 3 else 15):
             raise ValueError("%s: %d config fields" % (path, ncfg))
         ints = take("12i")
         lo, hi, slope = take("3f")
+        pool = take("I")[0] if version >= 3 else 0
         self.cfg = dict(in_ch=ints[0], n_classes=ints[1], width=ints[2], depth=ints[3],
                         mult=ints[4], max_width=ints[5], embed_dim=ints[6], mlp_hidden=ints[7],
                         text_dim=ints[8], patch=list(ints[9:12]), hu_lo=lo, hu_hi=hi,
-                        slope=slope)
+                        slope=slope, pool=pool)
         (k,) = take("I")
         self.class_ids = []
         for _ in range(k):
@@ -345,7 +348,8 @@ def build_net(c, norm="instance"):
             self.dec = nn.ModuleList([ResBlock(2 * ch[l], ch[l], 1) for l in range(D)])
             k1 = c["n_classes"] + 1
             self.head = nn.Conv3d(ch[0], k1, 1, bias=True)
-            self.fc1 = nn.Linear(ch[0], c["mlp_hidden"])
+            self.meanmax = c.get("pool", 0) == 1
+            self.fc1 = nn.Linear(2 * ch[0] if self.meanmax else ch[0], c["mlp_hidden"])
             self.fc2 = nn.Linear(c["mlp_hidden"], c["embed_dim"])
             self.proj = nn.Linear(c["text_dim"], c["embed_dim"]) if c["text_dim"] > 0 else None
             lo, hi = c["hu_lo"], c["hu_hi"]
@@ -365,6 +369,18 @@ def build_net(c, norm="instance"):
 
         def embed(self, pooled):
             return F.normalize(self.fc2(F.relu(self.fc1(pooled))), dim=-1, eps=1e-12)
+
+        def describe(self, mean, fv, lab, k1):
+            """The organ descriptors: mean [k1, C0], plus (mean+max models)
+            the per-class maximum of fv [s, C0] over lab [s] (labels >= k1
+            skipped; absent classes 0), as model.c's pool_forward."""
+            if not self.meanmax:
+                return mean
+            idx = torch.where(lab < k1, lab, torch.full_like(lab, k1)).long()
+            mx = torch.zeros((k1 + 1, fv.shape[1]), device=fv.device, dtype=fv.dtype)
+            mx = mx.scatter_reduce(0, idx.unsqueeze(1).expand(-1, fv.shape[1]), fv,
+                                   reduce="amax", include_self=False)
+            return torch.cat([mean, mx[:k1].to(mean.dtype)], 1)
 
         def text(self, t):
             return F.normalize(self.proj(t) if self.proj is not None else t, dim=-1, eps=1e-12)
@@ -594,7 +610,7 @@ class Bench:
             # [V, C0] view of the averaged features (free when channels-last).
             fv = fsum[0].permute(1, 2, 3, 0).reshape(-1, c0)
             sums = torch.zeros((k1, c0), device=self.dev).index_add_(0, lab, fv)
-            pooled = sums / count.clamp(min=1).unsqueeze(1).float()
+            pooled = net.describe(sums / count.clamp(min=1).unsqueeze(1).float(), fv, lab, k1)
             embed = net.embed(pooled)  # fp32, outside autocast, as cunet's MLP
             labels = self.lut[lab].view(nz, ny, nx).cpu()
             return labels, embed.cpu(), count.cpu()
@@ -691,7 +707,9 @@ class Bench:
                 # [B, k1, s] x [B, s, C0].
                 fv = feat.float().flatten(2).transpose(1, 2)
                 pooled = torch.bmm(onehot, fv) / count.clamp(min=1).unsqueeze(2)
-                emb = net.embed(pooled.reshape(B * k1, c0))
+                pooled = torch.stack([net.describe(pooled[b], fv[b], lab[b].flatten().to(self.dev), k1)
+                                      for b in range(B)])
+                emb = net.embed(pooled.reshape(B * k1, -1))
                 present = (count.reshape(-1) > 0) & (cls_of_row > 0)
                 img = emb[present]
                 cls = cls_of_row[present]
@@ -755,9 +773,12 @@ class Bench:
             onehot = torch.zeros((n, k1, s), device=self.dev).scatter_(
                 1, lab.to(self.dev).flatten(1).unsqueeze(1), 1.0)
             count = onehot.sum(2)
-            pooled = torch.bmm(onehot, feat.float().flatten(2).transpose(1, 2)) / \
-                count.clamp(min=1).unsqueeze(2)
-            emb = self.net.embed(pooled.view(n * k1, c0)).view(n, k1, E)
+            fvs = feat.float().flatten(2).transpose(1, 2)
+            pooled = torch.bmm(onehot, fvs) / count.clamp(min=1).unsqueeze(2)
+            pooled = torch.stack([self.net.describe(pooled[b], fvs[b],
+                                                    lab[b].flatten().to(self.dev), k1)
+                                  for b in range(n)])
+            emb = self.net.embed(pooled.view(n * k1, -1)).view(n, k1, E)
 
         def rel(a, b):
             a = a.float().cpu()

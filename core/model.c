@@ -63,8 +63,15 @@ mdl_config mdl_config_default(int k)
         .hu_lo = -1000.0f,
         .hu_hi = 1000.0f,
         .slope = 0.01f,
+        .pool = MDL_POOL_MEAN,
     };
     return c;
+}
+
+int mdl_pool_dim(const mdl_config *c)
+{
+    int c0 = mdl_level_width(c, 0);
+    return c->pool == MDL_POOL_MEANMAX ? 2 * c0 : c0;
 }
 
 int mdl_level_width(const mdl_config *c, int l)
@@ -106,6 +113,10 @@ int mdl_config_check(const mdl_config *c, char *why, size_t n)
         c->text_dim < 0 || c->text_dim > 8192) {
         WHY("embed_dim %d / mlp_hidden %d / text_dim %d out of range", c->embed_dim,
             c->mlp_hidden, c->text_dim);
+        return CTG_EINVAL;
+    }
+    if (c->pool != MDL_POOL_MEAN && c->pool != MDL_POOL_MEANMAX) {
+        WHY("pool %d is neither mean (0) nor mean+max (1)", c->pool);
         return CTG_EINVAL;
     }
     for (int i = 0; i < 3; i++) {
@@ -215,7 +226,8 @@ static void build_net(const mdl_config *c, struct mdl__net *net, layout *L)
      * (LeCun) init so the first logits are O(1); fc1 feeds a ReLU. */
     net->head_w = add_t(L, "head.w", MDL_T_CONV, (size_t)k1 * c0, c0, sqrtf(1.0f / c0));
     net->head_b = add_t(L, "head.b", MDL_T_BIAS, k1, 0, 0);
-    net->fc1_w = add_t(L, "mlp.fc1.w", MDL_T_LINEAR, (size_t)H * c0, c0, sqrtf(2.0f / c0));
+    int pd = mdl_pool_dim(c);
+    net->fc1_w = add_t(L, "mlp.fc1.w", MDL_T_LINEAR, (size_t)H * pd, pd, sqrtf(2.0f / pd));
     net->fc1_b = add_t(L, "mlp.fc1.b", MDL_T_BIAS, H, 0, 0);
     net->fc2_w = add_t(L, "mlp.fc2.w", MDL_T_LINEAR, (size_t)E * H, H, sqrtf(1.0f / H));
     net->fc2_b = add_t(L, "mlp.fc2.b", MDL_T_BIAS, E, 0, 0);
@@ -438,8 +450,10 @@ struct mdl__acts {
     op_conv *upc[MDL_MAX_DEPTH], *head;
     float *dfeat; /* gradient of a->feat (an enc/dec dout) */
     float *scr[5];
-    float *pooled, *hpre, *hid, *z, *norm;
+    float *pooled, *hpre, *hid, *z, *norm; /* pooled [rows][P], P = mdl_pool_dim */
     float *dem, *dz, *dhid, *dhpre, *dpooled;
+    float *pmean;   /* [rows][C_0]: the mean half (MEANMAX), forward and backward */
+    int64_t *parg;  /* [rows][C_0]: the max half's winning voxels (MEANMAX) */
     float *dprob;
 };
 
@@ -517,7 +531,10 @@ static void acts_layout(mdl_acts *a, arena *A)
     a->count = carve(A, rows * sizeof(int64_t));
     a->embed = CARVE_F(A, rows * E);
     a->dembed = CARVE_F(A, rows * E);
-    p->pooled = CARVE_F(A, rows * C0);
+    size_t P = (size_t)mdl_pool_dim(c);
+    p->pooled = CARVE_F(A, rows * P);
+    p->pmean = CARVE_F(A, rows * C0);
+    p->parg = carve(A, rows * C0 * sizeof(int64_t));
     p->hpre = CARVE_F(A, rows * H);
     p->hid = CARVE_F(A, rows * H);
     p->z = CARVE_F(A, rows * E);
@@ -526,7 +543,7 @@ static void acts_layout(mdl_acts *a, arena *A)
     p->dz = CARVE_F(A, rows * E);
     p->dhid = CARVE_F(A, rows * H);
     p->dhpre = CARVE_F(A, rows * H);
-    p->dpooled = CARVE_F(A, rows * C0);
+    p->dpooled = CARVE_F(A, rows * P);
     if (D > 0) {
         a->feat = p->dec[0].o;
         p->dfeat = p->dec[0].dout;
@@ -668,11 +685,36 @@ static void mlp_forward(const mdl_model *m, const float *pooled, int rows, float
                         float *z, float *norm, float *out)
 {
     const struct mdl__net *net = m->net;
-    int C0 = net->ch[0], H = m->cfg.mlp_hidden, E = m->cfg.embed_dim;
-    op_linear_forward_cpu(hpre, pooled, P(m, net->fc1_w), P(m, net->fc1_b), rows, C0, H);
+    int PD = mdl_pool_dim(&m->cfg), H = m->cfg.mlp_hidden, E = m->cfg.embed_dim;
+    op_linear_forward_cpu(hpre, pooled, P(m, net->fc1_w), P(m, net->fc1_b), rows, PD, H);
     op_relu_forward_cpu(hid, hpre, (size_t)rows * H);
     op_linear_forward_cpu(z, hid, P(m, net->fc2_w), P(m, net->fc2_b), rows, H, E);
     op_l2norm_forward_cpu(out, norm, z, rows, E);
+}
+
+/* The organ descriptors of n samples: pooled [n*k1][P] from feat
+ * [n][c0][s] inside seg [n][s].  MEANMAX computes the means into pmean
+ * [n*k1][c0] and copies them into the first half of each row; the maxima
+ * (winners in arg) go straight into the second half. */
+static void pool_forward(const mdl_config *cfg, float *pooled, float *pmean, int64_t *arg,
+                         int64_t *count, const float *feat, const uint8_t *seg, int n, int k1,
+                         int c0, size_t s)
+{
+    int PD = mdl_pool_dim(cfg);
+    for (int b = 0; b < n; b++) {
+        const float *f = feat + (size_t)b * c0 * s;
+        const uint8_t *l = seg + (size_t)b * s;
+        float *pr = pooled + (size_t)b * k1 * PD;
+        if (cfg->pool == MDL_POOL_MEAN) {
+            op_mpool_forward_cpu(pr, count + (size_t)b * k1, f, l, k1, c0, s);
+            continue;
+        }
+        float *pm = pmean + (size_t)b * k1 * c0;
+        op_mpool_forward_cpu(pm, count + (size_t)b * k1, f, l, k1, c0, s);
+        for (int j = 0; j < k1; j++)
+            memcpy(pr + (size_t)j * PD, pm + (size_t)j * c0, (size_t)c0 * sizeof(float));
+        op_xpool_forward_cpu(pr + c0, PD, arg + (size_t)b * k1 * c0, f, l, k1, c0, s);
+    }
 }
 
 /* The convolutional part (through the head) and, when embed, the organ
@@ -710,11 +752,8 @@ static int fwd(const mdl_model *m, mdl_acts *a, const float *hu, const uint8_t *
         memcpy(a->seg, labels, (size_t)n * a->s);
     else
         op_argmax_cpu(a->seg, a->logits, n, k1, a->s);
-    int C0 = net->ch[0];
-    for (int b = 0; b < n; b++)
-        op_mpool_forward_cpu(p->pooled + (size_t)b * k1 * C0, a->count + (size_t)b * k1,
-                             a->feat + (size_t)b * C0 * a->s, a->seg + (size_t)b * a->s, k1, C0,
-                             a->s);
+    pool_forward(&m->cfg, p->pooled, p->pmean, p->parg, a->count, a->feat, a->seg, n, k1,
+                 net->ch[0], a->s);
     mlp_forward(m, p->pooled, (int)rows, p->hpre, p->hid, p->z, p->norm, a->embed);
     return 0;
 }
@@ -838,13 +877,23 @@ int mdl_backward(mdl_model *m, mdl_acts *a, const float *dlogits, const float *d
                                P(m, net->fc2_w), (int)rows, H, E);
         zero(p->dhpre, rows * H);
         op_relu_backward_cpu(p->dhpre, p->dhid, p->hpre, rows * H);
-        zero(p->dpooled, rows * C0);
+        int PD = mdl_pool_dim(&m->cfg);
+        zero(p->dpooled, rows * PD);
         op_linear_backward_cpu(p->dpooled, G(m, net->fc1_w), G(m, net->fc1_b), p->dhpre,
-                               p->pooled, P(m, net->fc1_w), (int)rows, C0, H);
-        for (int b = 0; b < n; b++)
-            op_mpool_backward_cpu(p->dfeat + (size_t)b * C0 * a->s,
-                                  p->dpooled + (size_t)b * k1 * C0, a->count + (size_t)b * k1,
-                                  a->seg + (size_t)b * a->s, k1, C0, a->s);
+                               p->pooled, P(m, net->fc1_w), (int)rows, PD, H);
+        for (int b = 0; b < n; b++) {
+            float *df = p->dfeat + (size_t)b * C0 * a->s, *dp = p->dpooled + (size_t)b * k1 * PD;
+            const uint8_t *l = a->seg + (size_t)b * a->s;
+            if (m->cfg.pool == MDL_POOL_MEAN) {
+                op_mpool_backward_cpu(df, dp, a->count + (size_t)b * k1, l, k1, C0, a->s);
+                continue;
+            }
+            float *dm = p->pmean + (size_t)b * k1 * C0;
+            for (int j = 0; j < k1; j++)
+                memcpy(dm + (size_t)j * C0, dp + (size_t)j * PD, (size_t)C0 * sizeof(float));
+            op_mpool_backward_cpu(df, dm, a->count + (size_t)b * k1, l, k1, C0, a->s);
+            op_xpool_backward_cpu(df, dp + C0, PD, p->parg + (size_t)b * k1 * C0, k1, C0, a->s);
+        }
     }
 
     for (int l = 0; l < D; l++) {
@@ -930,7 +979,8 @@ int mdl_infer(const mdl_model *m, mdl_acts *a, const ctg_vol *hu, float overlap,
     int pd = c->patch[0], ph = c->patch[1], pw = c->patch[2];
     int k1 = c->n_classes + 1, C0 = m->net->ch[0], err = CTG_EINVAL;
     mdl_acts *own = NULL;
-    float *lsum = NULL, *fsum = NULL, *wsum = NULL, *in = NULL, *pooled = NULL;
+    float *lsum = NULL, *fsum = NULL, *wsum = NULL, *in = NULL, *pooled = NULL, *pmean = NULL;
+    int64_t *parg = NULL;
     uint8_t *lab = NULL;
     int64_t *cnt = NULL;
     int *sz = NULL, *sy = NULL, *sx = NULL;
@@ -953,11 +1003,15 @@ int mdl_infer(const mdl_model *m, mdl_acts *a, const ctg_vol *hu, float overlap,
     in = malloc(s * sizeof(float));
     lab = malloc(V);
     cnt = calloc(k1, sizeof *cnt);
-    pooled = calloc((size_t)k1 * C0, sizeof(float));
+    pooled = calloc((size_t)k1 * mdl_pool_dim(c), sizeof(float));
+    pmean = calloc((size_t)k1 * C0, sizeof(float));
+    parg = calloc((size_t)k1 * C0, sizeof(int64_t));
     sz = malloc((nz + 1) * sizeof(int));
     sy = malloc((ny + 1) * sizeof(int));
     sx = malloc((nx + 1) * sizeof(int));
-    if (!lsum || !fsum || !wsum || !in || !lab || !cnt || !pooled || !sz || !sy || !sx) goto fail;
+    if (!lsum || !fsum || !wsum || !in || !lab || !cnt || !pooled || !pmean || !parg || !sz ||
+        !sy || !sx)
+        goto fail;
     memset(lsum, 0, (size_t)k1 * V * sizeof(float));
 
     int stz = (int)lroundf(pd * (1.0f - overlap)), sty = (int)lroundf(ph * (1.0f - overlap)),
@@ -998,7 +1052,7 @@ int mdl_infer(const mdl_model *m, mdl_acts *a, const ctg_vol *hu, float overlap,
     for (int ch = 0; ch < C0; ch++)
         for (size_t v = 0; v < V; v++) fsum[ch * V + v] *= wsum[v];
     op_argmax_cpu(lab, lsum, 1, k1, V);
-    op_mpool_forward_cpu(pooled, cnt, fsum, lab, k1, C0, V);
+    pool_forward(c, pooled, pmean, parg, cnt, fsum, lab, 1, k1, C0, V);
     if (embed && (err = mdl_embed_pooled(m, pooled, k1, embed))) goto fail;
     if (count) memcpy(count, cnt, k1 * sizeof *cnt);
     if (labels) {
@@ -1019,6 +1073,8 @@ fail:
     free(lab);
     free(cnt);
     free(pooled);
+    free(pmean);
+    free(parg);
     free(sz);
     free(sy);
     free(sx);

@@ -22,10 +22,11 @@
  *   decoder level l = depth-1..0: k2s2 transposed conv C_{l+1} -> C_l,
  *     concat [up, encoder skip], residual block 2*C_l -> C_l
  *   head: 1x1 conv C_0 -> K+1 logits (class 0 = background)
- *   organ pooling: mean of the level-0 decoder output (C_0 channels) inside
- *     each class of a label map (training: ground truth / pseudo-masks;
- *     inference: the predicted argmax), then Linear C_0 -> hidden (768),
- *     ReLU, Linear hidden -> E, L2 normalisation.
+ *   organ pooling: mean (and, with pool MEANMAX, the per-channel maximum)
+ *     of the level-0 decoder output (C_0 channels) inside each class of a
+ *     label map (training: ground truth / pseudo-masks; inference: the
+ *     predicted argmax), then Linear P -> hidden (768) with P = C_0 or
+ *     2*C_0 (mdl_pool_dim), ReLU, Linear hidden -> E, L2 normalisation.
  *   residual block: conv3x3 - inorm - lrelu - conv3x3 - inorm, plus
  *     conv1x1 - inorm of the input (every block here changes channels or
  *     stride), then lrelu.  Convolutions followed by a norm carry no bias.
@@ -57,7 +58,7 @@ extern "C" {
 #endif
 
 #define MDL_MAGIC "CTGLIPMD" /* 8 bytes, the model file's first */
-#define MDL_VERSION 2 /* written; 1 is still read */
+#define MDL_VERSION 3 /* written; 1 and 2 are still read (as mean pooling) */
 #define MDL_MAX_DEPTH 6
 #define MDL_MAX_CLASSES 117 /* organs (v2 classes); K+1 outputs fit a byte */
 #define MDL_TEXT_ID_MAX 1024 /* bytes of the text encoder identity, NUL included */
@@ -79,11 +80,21 @@ typedef struct mdl_config {
     int patch[3];    /* training patch / inference window, z y x */
     float hu_lo, hu_hi; /* intensity window (-1000, 1000) */
     float slope;     /* LeakyReLU slope (0.01) */
+    int pool;        /* organ descriptor: MDL_POOL_MEAN or MDL_POOL_MEANMAX */
 } mdl_config;
 
+/* The organ descriptor the MLP reads.  MEAN: the mean of the C_0 decoder
+ * channels over the organ (the CT-GLIP paper's pooling).  MEANMAX: that
+ * mean followed by the per-channel maximum over the organ, 2*C_0 values;
+ * the maximum keeps a lesion of a few voxels visible in a large organ,
+ * where the mean dilutes it.  Models of format versions 1 and 2 are MEAN. */
+enum { MDL_POOL_MEAN = 0, MDL_POOL_MEANMAX = 1 };
+/* Values per organ descriptor: C_0 or 2*C_0. */
+int mdl_pool_dim(const mdl_config *c);
+
 /* width 16, depth 4, mult 2, max_width 320, E 256, hidden 768, text_dim 0,
- * patch 64^3, HU [-1000, 1000], slope 0.01, in_ch 1; n_classes is set to
- * `k`. */
+ * patch 64^3, HU [-1000, 1000], slope 0.01, in_ch 1, pool MEAN;
+ * n_classes is set to `k`. */
 mdl_config mdl_config_default(int k);
 /* 0 or CTG_EINVAL with the reason in why (NULL allowed). */
 int mdl_config_check(const mdl_config *c, char *why, size_t n);

@@ -28,7 +28,7 @@
 #error "model_io.c writes host-order floats and assumes a little-endian host"
 #endif
 
-#define MDL__NCFG 15
+#define MDL__NCFG 16 /* version 3; versions 1 and 2 have 15 (no pool) */
 /* A model file larger than this is refused before it is read: even a
  * width-64 depth-6 network is far below it. */
 #define MDL__MAX_FILE ((size_t)4 << 30)
@@ -89,6 +89,7 @@ static int header_build(const mdl_model *m, wbuf *b)
     put_f32(b, c->hu_lo);
     put_f32(b, c->hu_hi);
     put_f32(b, c->slope);
+    put_u32(b, (uint32_t)c->pool);
     put_u32(b, (uint32_t)c->n_classes);
     for (int i = 0; i < c->n_classes; i++) {
         const ctg_organ *o = ctg_organ_get(m->class_ids[i]);
@@ -347,8 +348,9 @@ int mdl_load(const char *path, mdl_model **out, char *why, size_t n)
     mdl_config c;
     int ids[MDL_MAX_CLASSES];
     uint32_t ncfg = get_u32(&r);
-    if (!r.short_ && ncfg != MDL__NCFG) {
-        WHY("%s: %u config fields, version %u has %d", path, ncfg, version, MDL__NCFG);
+    uint32_t want_cfg = version >= 3 ? MDL__NCFG : 15;
+    if (!r.short_ && ncfg != want_cfg) {
+        WHY("%s: %u config fields, version %u has %u", path, ncfg, version, want_cfg);
         goto fail;
     }
     int *ints[12] = {&c.in_ch,     &c.n_classes, &c.width,    &c.depth,
@@ -358,6 +360,7 @@ int mdl_load(const char *path, mdl_model **out, char *why, size_t n)
     c.hu_lo = get_f32(&r);
     c.hu_hi = get_f32(&r);
     c.slope = get_f32(&r);
+    c.pool = version >= 3 ? (int)get_u32(&r) : MDL_POOL_MEAN;
     uint32_t k = get_u32(&r);
     if (!r.short_ && (k > MDL_MAX_CLASSES || (int)k != c.n_classes)) {
         WHY("%s: class list of %u entries for %d classes", path, k, c.n_classes);

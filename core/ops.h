@@ -257,6 +257,19 @@ void op_mpool_backward_cpu(float *dfeat, const float *dout, const int64_t *count
 void op_mpool_forward_ref(float *out, int64_t *count, const float *feat, const uint8_t *label,
                           int k, int c, size_t s);
 
+/* Masked max pooling of one sample, the lesion-sensitive half of the
+ * mean+max organ descriptor: row j of out (row stride ld >= c) is the
+ * per-channel maximum of feat [c][s] over the voxels labelled j, and
+ * arg [k][c] the voxel it came from (the first on ties); a label with no
+ * voxel gives zeros and arg -1.  The backward adds dout (row stride ld)
+ * to the winning voxel of each (label, channel). */
+void op_xpool_forward_cpu(float *out, int ld, int64_t *arg, const float *feat,
+                          const uint8_t *label, int k, int c, size_t s);
+void op_xpool_backward_cpu(float *dfeat, const float *dout, int ld, const int64_t *arg, int k,
+                           int c, size_t s);
+void op_xpool_forward_ref(float *out, int ld, int64_t *arg, const float *feat,
+                          const uint8_t *label, int k, int c, size_t s);
+
 /* ---- contrastive (InfoNCE) losses ------------------------------------------------ */
 
 /* Row-wise InfoNCE, the primitive of every contrastive loss here.

@@ -339,6 +339,42 @@ void op_mpool_backward_cpu(float *dfeat, const float *dout, const int64_t *count
     }
 }
 
+void op_xpool_forward_cpu(float *out, int ld, int64_t *arg, const float *feat,
+                          const uint8_t *label, int k, int c, size_t s)
+{
+    for (int j = 256; j < k; j++)
+        for (int ch = 0; ch < c; ch++) {
+            out[(size_t)j * ld + ch] = 0.0f;
+            arg[(size_t)j * c + ch] = -1;
+        }
+    if (k > 256) k = 256;
+    PAR_FOR(c > 1 && (size_t)c * s > PAR_MIN)
+    for (int ch = 0; ch < c; ch++) {
+        float best[256];
+        int64_t at[256];
+        for (int j = 0; j < k; j++) best[j] = 0.0f, at[j] = -1;
+        const float *f = feat + (size_t)ch * s;
+        for (size_t v = 0; v < s; v++) {
+            int j = label[v];
+            if (j < k && (at[j] < 0 || f[v] > best[j])) best[j] = f[v], at[j] = (int64_t)v;
+        }
+        for (int j = 0; j < k; j++) {
+            out[(size_t)j * ld + ch] = best[j];
+            arg[(size_t)j * c + ch] = at[j];
+        }
+    }
+}
+
+void op_xpool_backward_cpu(float *dfeat, const float *dout, int ld, const int64_t *arg, int k,
+                           int c, size_t s)
+{
+    for (int j = 0; j < k; j++)
+        for (int ch = 0; ch < c; ch++) {
+            int64_t v = arg[(size_t)j * c + ch];
+            if (v >= 0 && (size_t)v < s) dfeat[(size_t)ch * s + (size_t)v] += dout[(size_t)j * ld + ch];
+        }
+}
+
 /* ---- InfoNCE --------------------------------------------------------------------------- */
 
 static int pos_of(const int *pos, int i) { return pos ? pos[i] : i; }

@@ -288,6 +288,20 @@ void op_mpool_forward_ref(float *out, int64_t *count, const float *feat, const u
     }
 }
 
+void op_xpool_forward_ref(float *out, int ld, int64_t *arg, const float *feat,
+                          const uint8_t *label, int k, int c, size_t s)
+{
+    for (int j = 0; j < k; j++)
+        for (int ch = 0; ch < c; ch++) {
+            int64_t at = -1;
+            for (size_t v = 0; v < s; v++)
+                if (label[v] == j && (at < 0 || feat[(size_t)ch * s + v] > feat[(size_t)ch * s + at]))
+                    at = (int64_t)v;
+            out[(size_t)j * ld + ch] = at < 0 ? 0.0f : feat[(size_t)ch * s + at];
+            arg[(size_t)j * c + ch] = at;
+        }
+}
+
 /* ---- InfoNCE ------------------------------------------------------------------------------ */
 
 int op_infonce_forward_ref(float *loss, float *prob, const float *a, const float *b,

@@ -160,6 +160,17 @@ static __host__ __device__ __forceinline__ void cu__atomic_add_ll(long long *p, 
 #endif
 }
 
+/* atomicMax on the device, a plain max on the host. */
+static __host__ __device__ __forceinline__ void cu__atomic_max_ull(unsigned long long *p,
+                                                                  unsigned long long v)
+{
+#ifdef __CUDA_ARCH__
+    atomicMax(p, v);
+#else
+    if (v > *p) *p = v;
+#endif
+}
+
 /* Adds v of every thread of the warp into *p: a shuffle reduction and one
  * atomic per warp on the device (all 32 lanes must call it), a plain add
  * on the host. */

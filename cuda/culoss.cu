@@ -18,6 +18,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <string.h>
 
 /* The counting rule of ops.h: labels >= k and the ignore label do not count. */
 static __host__ __device__ __forceinline__ int counted(unsigned lab, int ignore, int k)
@@ -391,6 +392,139 @@ extern "C" int cu_mpool_backward(cu_ctx *c, cu_dtype dt, void *dfeat, const floa
         size_t q = b * K + y;
         float g = count[q] ? dout[q * C + j] / (float)count[q] : 0.0f;
         cu__st(dfeat, i, dt, cu__ld(dfeat, i, dt) + g);
+    });
+}
+
+/* Max pooling.  Each (value, voxel) pair is one 64-bit key whose order is
+ * the value's, then the lower voxel: the float's bits made monotonic in the
+ * high word, ~voxel in the low word.  Runs of one label keep a local best
+ * and publish it with one atomicMax when the label changes (as mpool); the
+ * keys live in arg, and a last pass turns them into values and voxels.
+ * Key 0 is "no voxel": every real key has a non-zero low word. */
+static __host__ __device__ __forceinline__ unsigned long long xkey(float f, size_t v)
+{
+    unsigned u;
+#ifdef __CUDA_ARCH__
+    u = __float_as_uint(f);
+#else
+    memcpy(&u, &f, sizeof u);
+#endif
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((unsigned long long)u << 32) | (unsigned long long)(0xffffffffu - (unsigned)v);
+}
+
+static __host__ __device__ __forceinline__ float xkey_value(unsigned long long key)
+{
+    unsigned u = (unsigned)(key >> 32);
+    u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
+    float f;
+#ifdef __CUDA_ARCH__
+    f = __uint_as_float(u);
+#else
+    memcpy(&f, &u, sizeof f);
+#endif
+    return f;
+}
+
+static int xpool(cu_ctx *c, cu_dtype dt, float *out, int ld, int64_t *arg, const void *feat,
+                 const uint8_t *label, int n, int k, int ch, size_t s)
+{
+    CU__ENTER(c);
+    if (n < 0 || k < 0 || ch < 0 || ld < ch || s >= 0xffffffffu)
+        return cu__fail(c, CTG_EINVAL, "cu_xpool: bad size");
+    size_t C = (size_t)ch, K = (size_t)k, nk = (size_t)n * K, L = (size_t)ld;
+    unsigned long long *key = (unsigned long long *)arg;
+    int rc;
+    if ((rc = cu_zero(c, arg, nk * C * sizeof(int64_t)))) return rc;
+    if (!n || !k || !ch) return 0;
+    unsigned kk = k > 256 ? 256 : (unsigned)k; /* labels are bytes */
+    if (s) {
+        size_t per = c->emu ? 64 : (size_t)16384 * 256;
+        size_t parts = (s * C + per - 1) / per;
+        if (parts > s) parts = s;
+        size_t span = (s + parts - 1) / parts;
+        size_t len = (span * C + 15) / 16;
+        rc = cu__segs(c, "xpool.max", (size_t)n * parts, len,
+                      [=] CU_HD(size_t seg, size_t t, size_t nt) {
+                          size_t b = seg / parts, part = seg - b * parts;
+                          size_t v0 = part * span, v1 = v0 + span < s ? v0 + span : s;
+                          if (v0 >= v1) return;
+                          size_t rows, row, k0, kstep;
+                          if (nt >= C) {
+                              rows = nt / C;
+                              row = t / C;
+                              k0 = t % C;
+                              kstep = C;
+                          } else {
+                              rows = 1;
+                              row = 0;
+                              k0 = t;
+                              kstep = nt;
+                          }
+                          if (row >= rows) return;
+                          size_t run = (v1 - v0 + rows - 1) / rows;
+                          size_t r0 = v0 + row * run, r1 = r0 + run < v1 ? r0 + run : v1;
+                          const uint8_t *lab = label + b * s;
+                          for (size_t j = k0; j < C; j += kstep) {
+                              unsigned cur = 256;
+                              unsigned long long best = 0;
+                              for (size_t v = r0; v < r1; v++) {
+                                  unsigned y = lab[v];
+                                  if (y != cur) {
+                                      if (cur < kk && best)
+                                          cu__atomic_max_ull(&key[(b * K + cur) * C + j], best);
+                                      cur = y;
+                                      best = 0;
+                                  }
+                                  if (y < kk) {
+                                      unsigned long long q =
+                                          xkey(cu__ld(feat, (b * s + v) * C + j, dt), v);
+                                      if (q > best) best = q;
+                                  }
+                              }
+                              if (cur < kk && best)
+                                  cu__atomic_max_ull(&key[(b * K + cur) * C + j], best);
+                          }
+                      });
+        if (rc) return rc;
+    }
+    return cu__each(c, "xpool.out", nk * C, [=] CU_HD(size_t i) {
+        size_t r = i / C, j = i - r * C;
+        unsigned long long q = key[i];
+        out[r * L + j] = q ? xkey_value(q) : 0.0f;
+        arg[i] = q ? (int64_t)(0xffffffffu - (unsigned)(q & 0xffffffffu)) : -1;
+    });
+}
+
+extern "C" int cu_xpool_forward(cu_ctx *c, cu_dtype dt, float *out, int ld, int64_t *arg,
+                                const void *feat, const uint8_t *label, int n, int k, int ch,
+                                size_t s)
+{
+    return xpool(c, dt, out, ld, arg, feat, label, n, k, ch, s);
+}
+
+extern "C" int cu_xpool_forward_f32(cu_ctx *c, float *out, int ld, int64_t *arg,
+                                    const float *feat, const uint8_t *label, int n, int k, int ch,
+                                    size_t s)
+{
+    return xpool(c, CU_F32, out, ld, arg, feat, label, n, k, ch, s);
+}
+
+extern "C" int cu_xpool_backward(cu_ctx *c, cu_dtype dt, void *dfeat, const float *dout, int ld,
+                                 const int64_t *arg, int n, int k, int ch, size_t s)
+{
+    CU__ENTER(c);
+    if (n < 0 || k < 0 || ch < 0 || ld < ch) return cu__fail(c, CTG_EINVAL, "cu_xpool: bad size");
+    if (!dfeat) return 0;
+    size_t C = (size_t)ch, K = (size_t)k, L = (size_t)ld;
+    /* One label per voxel: for a channel, no two rows share a winner, so
+     * the adds cannot collide. */
+    return cu__each(c, "xpool.bwd", (size_t)n * K * C, [=] CU_HD(size_t i) {
+        size_t r = i / C, j = i - r * C, b = r / K;
+        int64_t v = arg[i];
+        if (v < 0 || (size_t)v >= s) return;
+        size_t o = (b * s + (size_t)v) * C + j;
+        cu__st(dfeat, o, dt, cu__ld(dfeat, o, dt) + dout[r * L + j]);
     });
 }
 

@@ -201,7 +201,7 @@ static int build_table(cu_model *g)
     int c0 = g->ch[0];
     if ((err = add_conv(g, "head.w", c0, k1, 1, 1, 0, &g->head))) return err;
     if ((err = toff(g, "head.b", k1, &g->head_b))) return err;
-    if ((err = toff(g, "mlp.fc1.w", (size_t)H * c0, &g->fc1_w))) return err;
+    if ((err = toff(g, "mlp.fc1.w", (size_t)H * mdl_pool_dim(c), &g->fc1_w))) return err;
     if ((err = toff(g, "mlp.fc1.b", H, &g->fc1_b))) return err;
     if ((err = toff(g, "mlp.fc2.w", (size_t)E * H, &g->fc2_w))) return err;
     if ((err = toff(g, "mlp.fc2.b", E, &g->fc2_b))) return err;
@@ -387,8 +387,10 @@ struct cu__acts {
     float *prob, *dprob;    /* fp32 [n][s][K+1] */
     uint8_t *seg, *lab;     /* [n][s]: the pooling's label map, the loss's labels */
     int64_t *count;         /* [n][K+1] */
-    float *pooled, *hpre, *hid, *z, *norm, *embed;
+    float *pooled, *hpre, *hid, *z, *norm, *embed; /* pooled [rows][mdl_pool_dim] */
     float *dem, *dz, *dhid, *dhpre, *dpooled;
+    float *pmean, *pmax, *dpmean, *dpmax; /* MEANMAX: the halves, [rows][C_0] */
+    int64_t *parg;                        /* MEANMAX: the maxima's voxels */
     float *scal; /* [0] ce, [1] dice */
     void *host;  /* the host mirrors, one allocation */
 };
@@ -445,7 +447,11 @@ static void acts_layout(cu_acts *a, arena *A)
     p->logits = CARVE_A(A, ls);
     p->seg = carve(A, (size_t)n * a->s);
     p->count = carve(A, rows * sizeof(int64_t));
-    p->pooled = CARVE_F(A, rows * C0);
+    size_t PD = (size_t)mdl_pool_dim(c);
+    p->pooled = CARVE_F(A, rows * PD);
+    p->pmean = CARVE_F(A, rows * C0);
+    p->pmax = CARVE_F(A, rows * C0);
+    p->parg = carve(A, rows * C0 * sizeof(int64_t));
     p->hpre = CARVE_F(A, rows * H);
     p->hid = CARVE_F(A, rows * H);
     p->z = CARVE_F(A, rows * E);
@@ -471,7 +477,9 @@ static void acts_layout(cu_acts *a, arena *A)
         p->dz = CARVE_F(A, rows * E);
         p->dhid = CARVE_F(A, rows * H);
         p->dhpre = CARVE_F(A, rows * H);
-        p->dpooled = CARVE_F(A, rows * C0);
+        p->dpooled = CARVE_F(A, rows * PD);
+        p->dpmean = CARVE_F(A, rows * C0);
+        p->dpmax = CARVE_F(A, rows * C0);
     }
     const cblk_acts *top = D > 0 ? &p->dec[0] : &p->enc[0];
     p->feat = top->o;
@@ -625,11 +633,34 @@ static int blk_forward(cu_model *g, const cblk *b, cblk_acts *ba, const void *x,
 static int mlp_forward(cu_model *g, struct cu__acts *p, int rows)
 {
     cu_ctx *c = g->c;
-    int C0 = g->ch[0], H = g->m->cfg.mlp_hidden, E = g->m->cfg.embed_dim;
-    TRY(cu_linear_forward(c, p->hpre, p->pooled, P(g, g->fc1_w), P(g, g->fc1_b), rows, C0, H));
+    int PD = mdl_pool_dim(&g->m->cfg), H = g->m->cfg.mlp_hidden, E = g->m->cfg.embed_dim;
+    TRY(cu_linear_forward(c, p->hpre, p->pooled, P(g, g->fc1_w), P(g, g->fc1_b), rows, PD, H));
     TRY(cu_relu_forward(c, p->hid, p->hpre, (size_t)rows * H));
     TRY(cu_linear_forward(c, p->z, p->hid, P(g, g->fc2_w), P(g, g->fc2_b), rows, H, E));
     TRY(cu_l2norm_forward(c, p->embed, p->norm, p->z, rows, E));
+    return 0;
+}
+
+/* The organ descriptors p->pooled of n samples of feat [n][s][C_0] (dt, or
+ * fp32 with f32) inside seg: model.c's pool_forward.  MEANMAX pools the
+ * mean and the maximum into pmean, pmax and concatenates them per row. */
+static int pool_forward(cu_model *g, struct cu__acts *p, const void *feat, int f32,
+                        const uint8_t *seg, int n, int k1, size_t s)
+{
+    cu_ctx *c = g->c;
+    int C0 = g->ch[0], mm = g->m->cfg.pool == MDL_POOL_MEANMAX;
+    float *mean = mm ? p->pmean : p->pooled;
+    if (f32)
+        TRY(cu_mpool_forward_f32(c, mean, p->count, (const float *)feat, seg, n, k1, C0, s));
+    else
+        TRY(cu_mpool_forward(c, g->dt, mean, p->count, feat, seg, n, k1, C0, s));
+    if (!mm) return 0;
+    if (f32)
+        TRY(cu_xpool_forward_f32(c, p->pmax, C0, p->parg, (const float *)feat, seg, n, k1, C0, s));
+    else
+        TRY(cu_xpool_forward(c, g->dt, p->pmax, C0, p->parg, feat, seg, n, k1, C0, s));
+    TRY(cu_concat_forward(c, CU_F32, p->pooled, p->pmean, p->pmax, 1, C0, C0,
+                          (size_t)n * k1));
     return 0;
 }
 
@@ -669,7 +700,7 @@ static int fwd(cu_model *g, cu_acts *a, int pool, const uint8_t *labels)
         TRY(cu_upload(c, p->seg, labels, (size_t)n * s));
     else
         TRY(cu_argmax(c, g->dt, p->seg, p->logits, n, k1, s));
-    TRY(cu_mpool_forward(c, g->dt, p->pooled, p->count, p->feat, p->seg, n, k1, g->ch[0], s));
+    if ((err = pool_forward(g, p, p->feat, 0, p->seg, n, k1, s))) return err;
     if ((err = mlp_forward(g, p, (int)rows))) return err;
     TRY(cu_download(c, a->embed, p->embed, rows * cfg->embed_dim * sizeof(float)));
     TRY(cu_download(c, a->count, p->count, rows * sizeof(int64_t)));
@@ -789,10 +820,21 @@ int cu_backward(cu_model *g, cu_acts *a, int with_dlogits, const float *dembed)
                                P(g, g->fc2_w), (int)rows, H, E));
         TRY(cu_zero(c, p->dhpre, rows * H * sizeof(float)));
         TRY(cu_relu_backward(c, p->dhpre, p->dhid, p->hpre, rows * H));
-        TRY(cu_zero(c, p->dpooled, rows * C0 * sizeof(float)));
+        int PD = mdl_pool_dim(&g->m->cfg);
+        TRY(cu_zero(c, p->dpooled, rows * PD * sizeof(float)));
         TRY(cu_linear_backward(c, p->dpooled, G(g, g->fc1_w), G(g, g->fc1_b), p->dhpre,
-                               p->pooled, P(g, g->fc1_w), (int)rows, C0, H));
-        TRY(cu_mpool_backward(c, dt, p->dfeat, p->dpooled, p->count, p->seg, n, k1, C0, a->s));
+                               p->pooled, P(g, g->fc1_w), (int)rows, PD, H));
+        if (g->m->cfg.pool == MDL_POOL_MEANMAX) {
+            TRY(cu_zero(c, p->dpmean, rows * C0 * sizeof(float)));
+            TRY(cu_zero(c, p->dpmax, rows * C0 * sizeof(float)));
+            TRY(cu_concat_backward(c, CU_F32, p->dpmean, p->dpmax, p->dpooled, 1, C0, C0, rows));
+            TRY(cu_mpool_backward(c, dt, p->dfeat, p->dpmean, p->count, p->seg, n, k1, C0,
+                                  a->s));
+            TRY(cu_xpool_backward(c, dt, p->dfeat, p->dpmax, C0, p->parg, n, k1, C0, a->s));
+        } else {
+            TRY(cu_mpool_backward(c, dt, p->dfeat, p->dpooled, p->count, p->seg, n, k1, C0,
+                                  a->s));
+        }
     }
 
     for (int l = 0; l < D; l++) {
@@ -1021,7 +1063,7 @@ int cu_infer(cu_model *g, cu_acts *a, const ctg_vol *hu, float overlap, ctg_vol 
     TRYD(cu_div_rows(ctx, fsum, wsum, V, C0));
     TRYD(cu_argmax_f32(ctx, dlab, lsum, 1, k1, V));
     struct cu__acts *p = a->p;
-    TRYD(cu_mpool_forward_f32(ctx, p->pooled, p->count, fsum, dlab, 1, k1, C0, V));
+    if ((err = pool_forward(g, p, fsum, 1, dlab, 1, k1, V))) goto done;
     if (embed) {
         if ((err = mlp_forward(g, p, k1))) goto done;
         TRYD(cu_download(ctx, embed, p->embed, (size_t)k1 * E * sizeof(float)));

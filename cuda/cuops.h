@@ -254,6 +254,17 @@ int cu_mpool_forward_f32(cu_ctx *c, float *out, int64_t *count, const float *fea
 /* dfeat (dt, [n][s][ch]) += dout[b][label] / count[b][label]. */
 int cu_mpool_backward(cu_ctx *c, cu_dtype dt, void *dfeat, const float *dout,
                       const int64_t *count, const uint8_t *label, int n, int k, int ch, size_t s);
+/* op_xpool_forward_cpu over a batch: feat [n][s][ch] (dt), label [n][s];
+ * out fp32 rows [n*k] of stride ld >= ch, arg int64 [n][k][ch] (voxel
+ * index within its sample, -1: no voxel). */
+int cu_xpool_forward(cu_ctx *c, cu_dtype dt, float *out, int ld, int64_t *arg, const void *feat,
+                     const uint8_t *label, int n, int k, int ch, size_t s);
+/* The same on an fp32 feature map (sliding-window averages). */
+int cu_xpool_forward_f32(cu_ctx *c, float *out, int ld, int64_t *arg, const float *feat,
+                         const uint8_t *label, int n, int k, int ch, size_t s);
+/* dfeat (dt, [n][s][ch]) at each winner += dout (rows of stride ld). */
+int cu_xpool_backward(cu_ctx *c, cu_dtype dt, void *dfeat, const float *dout, int ld,
+                      const int64_t *arg, int n, int k, int ch, size_t s);
 /* Zeroes rows r of x [rows][dim] whose count[r] is 0 (absent organs). */
 int cu_zero_absent_rows(cu_ctx *c, float *x, const int64_t *count, int rows, int dim);
 

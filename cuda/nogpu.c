@@ -361,6 +361,30 @@ int cu_mpool_backward(cu_ctx *c, cu_dtype dt, void *dfeat, const float *dout,
     return NOGPU;
 }
 
+int cu_xpool_forward(cu_ctx *c, cu_dtype dt, float *out, int ld, int64_t *arg, const void *feat,
+                     const uint8_t *label, int n, int k, int ch, size_t s)
+{
+    (void)c, (void)dt, (void)out, (void)ld, (void)arg, (void)feat, (void)label, (void)n, (void)k,
+        (void)ch, (void)s;
+    return NOGPU;
+}
+
+int cu_xpool_forward_f32(cu_ctx *c, float *out, int ld, int64_t *arg, const float *feat,
+                         const uint8_t *label, int n, int k, int ch, size_t s)
+{
+    (void)c, (void)out, (void)ld, (void)arg, (void)feat, (void)label, (void)n, (void)k, (void)ch,
+        (void)s;
+    return NOGPU;
+}
+
+int cu_xpool_backward(cu_ctx *c, cu_dtype dt, void *dfeat, const float *dout, int ld,
+                      const int64_t *arg, int n, int k, int ch, size_t s)
+{
+    (void)c, (void)dt, (void)dfeat, (void)dout, (void)ld, (void)arg, (void)n, (void)k, (void)ch,
+        (void)s;
+    return NOGPU;
+}
+
 int cu_zero_absent_rows(cu_ctx *c, float *x, const int64_t *count, int rows, int dim)
 {
     (void)c, (void)x, (void)count, (void)rows, (void)dim;

@@ -21,9 +21,9 @@ OUT=$2
 W=${MODEL_WORK:-$B/model-work}
 steps=${MODEL_STEPS:-6000}
 stage1=${MODEL_STAGE1:-2000}
-ntrain=${MODEL_TRAIN_CASES:-48}
-ncal=${MODEL_CAL_CASES:-16}
-neval=${MODEL_EVAL_CASES:-16}
+ntrain=${MODEL_TRAIN_CASES:-160}
+ncal=${MODEL_CAL_CASES:-24}
+neval=${MODEL_EVAL_CASES:-64}
 threads=${MODEL_THREADS:-2}
 table=${MODEL_TABLE:-1}
 rm -rf "$W"

@@ -763,6 +763,47 @@ static int pool_case(cu_ctx *c, cu_dtype dt, int n, int k, int ch, size_t s, int
     CMP("mpool backward", got, dref, N, tol);
     free(got);
 
+    /* max pooling into rows of stride ch + 2, exact: the values are the
+     * same numbers on both sides and ties go to the first voxel */
+    {
+        int ld = ch + 2;
+        size_t NL = (size_t)n * k * ld;
+        float *xref = tu_fzero(NL), *xg;
+        int64_t *aref = calloc(NO, 8), *agot = calloc(NO, 8);
+        for (int b = 0; b < n; b++)
+            op_xpool_forward_ref(xref + (size_t)b * k * ld, ld, aref + (size_t)b * k * ch,
+                                 fn + (size_t)b * ch * s, lab + (size_t)b * s, k, ch, s);
+        float *dx = dnew(c, NL * 4);
+        int64_t *darg = dnew(c, NO * 8);
+        OK(cu_zero(c, dx, NL * 4));
+        OK(cu_xpool_forward(c, dt, dx, ld, darg, df, dlab, n, k, ch, s));
+        xg = down_f(c, dx, NL);
+        CMP("xpool forward", xg, xref, NL, 0.0);
+        free(xg);
+        down_bytes(c, agot, darg, NO * 8);
+        CHECK(!memcmp(agot, aref, NO * 8));
+        OK(cu_zero(c, dx, NL * 4));
+        OK(cu_xpool_forward_f32(c, dx, ld, darg, ff, dlab, n, k, ch, s));
+        xg = down_f(c, dx, NL);
+        CMP("xpool forward f32", xg, xref, NL, 0.0);
+        free(xg);
+        memset(agot, 0, NO * 8);
+        down_bytes(c, agot, darg, NO * 8);
+        CHECK(!memcmp(agot, aref, NO * 8));
+        /* backward onto a random dfeat */
+        float *gx = tu_frand(NL, -1, 1), *e0 = rand_dt(dt, N, -1, 1), *en = to_nchw(e0, n, ch, s);
+        for (int b = 0; b < n; b++)
+            op_xpool_backward_cpu(en + (size_t)b * ch * s, gx + (size_t)b * k * ld, ld,
+                                  aref + (size_t)b * k * ch, k, ch, s);
+        float *eref = to_cl(en, n, ch, s), *dgx = dup_f(c, gx, NL);
+        void *de = dup_dt(c, dt, e0, N);
+        OK(cu_xpool_backward(c, dt, de, dgx, ld, darg, n, k, ch, s));
+        xg = down_dt(c, dt, de, N);
+        CMP("xpool backward", xg, eref, N, tol);
+        free(xg), free(xref), free(aref), free(agot), free(gx), free(e0), free(en), free(eref);
+        cu_free(c, dx), cu_free(c, darg), cu_free(c, dgx), cu_free(c, de);
+    }
+
     /* absent rows: zero where count is 0 */
     float *x = tu_frand(NO, 1, 2), *xref = tu_fcopy(x, NO), *dxr = dup_f(c, x, NO);
     int absent = 0;

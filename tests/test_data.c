@@ -742,6 +742,90 @@ static int test_patch_laterality(void)
     return 0;
 }
 
+/* Lesion maps: a focal finding gets the box of its lesion on the training
+ * grid (also after resampling), a diffuse one or one whose lesion is not in
+ * the map stays unlocated, and lesion_fraction centres patches on them. */
+static int test_lesions(void)
+{
+    enum { NX = 40, NY = 40, NZ = 32 };
+    CHECK(write_case("ct.nii.gz", "lab.nii.gz", NX, NY, NZ, balls, 0.0f) == 0);
+    const double sp[3] = {1.5, 1.5, 1.5}, org[3] = {-20, 30, 100};
+    ctg_vol *l = make_vol(NX, NY, NZ, CTG_U8, sp, org);
+    CHECK(l);
+    for (int k = 9; k <= 10; k++)
+        for (int j = 9; j <= 11; j++)
+            for (int i = 8; i <= 10; i++) ctg_vol_set(l, i, j, k, 1); /* in the spleen */
+    ctg_vol_set(l, 14, 28, 22, 2);                                   /* kidney_left */
+    CHECK(write_vol("les.nii.gz", l) == 0);
+    ctg_vol_free(l);
+    CHECK(write_text("m.jsonl",
+                     "{\"id\":\"a\",\"ct\":\"ct.nii.gz\",\"labels\":\"lab.nii.gz\","
+                     "\"lesions\":\"les.nii.gz\",\"findings\":["
+                     "{\"organ\":\"spleen\",\"abnormality\":\"splenic_lesion\",\"lesion\":1},"
+                     "{\"organ\":\"spleen\",\"abnormality\":\"splenomegaly\",\"lesion\":0},"
+                     "{\"organ\":\"kidney_left\",\"abnormality\":\"renal_cyst\",\"lesion\":2},"
+                     "{\"organ\":\"kidney_right\",\"abnormality\":\"renal_cyst\",\"lesion\":7}"
+                     "]}\n") == 0);
+    td_opts o;
+    opts3(&o);
+    o.augment = 0;
+    td_case c;
+    CHECK_EQ_INT(load_one("m.jsonl", &o, 0, &c), 0);
+    CHECK_EQ_INT(c.nfindings, 4);
+    const int want0[6] = {8, 10, 9, 11, 9, 10}, want2[6] = {14, 14, 28, 28, 22, 22};
+    CHECK(memcmp(c.findings[0].box, want0, sizeof want0) == 0);
+    CHECK(!td_finding_located(&c.findings[1])); /* diffuse */
+    CHECK(memcmp(c.findings[2].box, want2, sizeof want2) == 0);
+    CHECK(!td_finding_located(&c.findings[3])); /* lesion 7 is not in the map */
+    double in[6] = {0, 12, 0, 12, 0, 12}, out[6] = {11.5, 30, 0, 40, 0, 32};
+    CHECK(td_finding_in_window(&c.findings[0], in) == 1);
+    CHECK(td_finding_in_window(&c.findings[0], out) == 0);
+    CHECK(td_finding_in_window(&c.findings[1], out) == 1); /* unlocated: anywhere */
+    CHECK(td_finding_in_window(&c.findings[2], in) == 0);
+
+    /* Patches: with lesion_fraction 1 every window holds a located lesion
+     * (and its label voxels); with 0 (fg_fraction 0) many miss both. */
+    enum { S = 8, P = S * S * S, N = 200 };
+    static float img[P];
+    static uint8_t lab[P];
+    for (int pass = 0; pass < 2; pass++) {
+        o.lesion_fraction = pass == 0 ? 1.0 : 0.0;
+        o.fg_fraction = pass == 0 ? 1.0 : 0.0;
+        td_rng g;
+        td_rng_seed(&g, 5, (uint64_t)pass);
+        int hits = 0;
+        for (int it = 0; it < N; it++) {
+            double win[6];
+            CHECK_EQ_INT(td_sample_patch_win(&c, &o, &g, img, lab, S, S, S, win), 0);
+            CHECK(win[1] - win[0] == S - 1 && win[5] - win[4] == S - 1);
+            hits += td_finding_in_window(&c.findings[0], win) ||
+                    td_finding_in_window(&c.findings[2], win);
+        }
+        printf("lesion_fraction %.0f: %d of %d windows show a lesion\n", o.lesion_fraction, hits,
+               N);
+        if (pass == 0) CHECK_EQ_INT(hits, N);
+        else CHECK(hits < N / 2);
+    }
+    td_case_clear(&c);
+
+    /* Resampled to 3 mm the small lesion keeps a box on the new grid; with
+     * lesions off nothing is located. */
+    opts3(&o);
+    o.spacing[0] = o.spacing[1] = o.spacing[2] = 3.0;
+    CHECK_EQ_INT(load_one("m.jsonl", &o, 0, &c), 0);
+    const int *b = c.findings[0].box;
+    printf("lesion 1 at 3 mm: i %d..%d j %d..%d k %d..%d on %dx%dx%d\n", b[0], b[1], b[2], b[3],
+           b[4], b[5], c.lab->nx, c.lab->ny, c.lab->nz);
+    CHECK(td_finding_located(&c.findings[0]));
+    CHECK(b[0] >= 3 && b[1] <= 6 && b[2] >= 3 && b[3] <= 6 && b[4] >= 3 && b[5] <= 6);
+    td_case_clear(&c);
+    o.lesions = 0;
+    CHECK_EQ_INT(load_one("m.jsonl", &o, 0, &c), 0);
+    for (int f = 0; f < c.nfindings; f++) CHECK(!td_finding_located(&c.findings[f]));
+    td_case_clear(&c);
+    return 0;
+}
+
 const test_case data_tests[] = {
     {"data_manifest", test_manifest},
     {"data_dicom_nifti_same", test_dicom_nifti_same},
@@ -753,5 +837,6 @@ const test_case data_tests[] = {
     {"data_patch_foreground", test_patch_foreground},
     {"data_patch_alignment", test_patch_alignment},
     {"data_patch_laterality", test_patch_laterality},
+    {"data_lesions", test_lesions},
     {NULL, NULL},
 };

@@ -49,9 +49,10 @@ static mdl_config tiny_cfg(void)
     return c;
 }
 
-static mdl_model *tiny_model(uint64_t seed)
+static mdl_model *tiny_model_pool(uint64_t seed, int pool)
 {
     mdl_config c = tiny_cfg();
+    c.pool = pool;
     mdl_model *m = NULL;
     char why[200];
     if (mdl_new(&c, k_ids, "test-encoder:0", seed, &m, why, sizeof why)) {
@@ -60,6 +61,8 @@ static mdl_model *tiny_model(uint64_t seed)
     }
     return m;
 }
+
+static mdl_model *tiny_model(uint64_t seed) { return tiny_model_pool(seed, MDL_POOL_MEANMAX); }
 
 /* A random label map where every class 0..k appears in every sample. */
 static uint8_t *labels_rand(int n, size_t s, int k1)
@@ -440,19 +443,22 @@ static int test_save_load(void)
 
 /* Spacing and metadata: kept sorted, set, replaced, removed, refused when
  * malformed, part of the identity, and carried through the file; a
- * version-1 file (no spacing, no metadata) still loads. */
+ * version-1 file (no pool field, no spacing, no metadata; mean pooling)
+ * still loads. */
 static int test_meta(void)
 {
     char path[256], why[300];
     snprintf(path, sizeof path, "/tmp/ctglip-test-meta-%ld.ctglip", (long)getpid());
-    mdl_model *m = tiny_model(3), *l = NULL;
+    mdl_model *m = tiny_model_pool(3, MDL_POOL_MEAN), *l = NULL;
     CHECK(m);
     char id0[65];
     snprintf(id0, sizeof id0, "%s", mdl_identity(m));
     CHECK_EQ_INT(mdl_save(m, path, why, sizeof why), 0);
 
-    /* A version-1 file: the same bytes without spacing and metadata (16
-     * zero bytes right after the text encoder identity), re-hashed. */
+    /* A version-1 file: the same bytes without the pool field (the u32
+     * after the 12 integers and 3 floats of the config, with the field
+     * count back at 15) and without spacing and metadata (16 zero bytes
+     * right after the text encoder identity), re-hashed. */
     FILE *f = fopen(path, "rb");
     CHECK(f);
     fseek(f, 0, SEEK_END);
@@ -469,6 +475,11 @@ static int test_meta(void)
     CHECK(memcmp(buf + off, zero, 16) == 0);
     memmove(buf + off, buf + off + 16, size - off - 16);
     size_t v1 = size - 16;
+    const size_t pool_at = 8 + 4 + 4 + 12 * 4 + 3 * 4;
+    CHECK(buf[8] == 3 && buf[12] == 16 && buf[pool_at] == MDL_POOL_MEAN);
+    memmove(buf + pool_at, buf + pool_at + 4, v1 - pool_at - 4);
+    v1 -= 4;
+    buf[12] = 15;
     buf[8] = 1;
     unsigned int hl = 0;
     CHECK(EVP_Digest(buf, v1 - 32, buf + v1 - 32, &hl, EVP_sha256(), NULL) == 1 && hl == 32);
@@ -599,6 +610,7 @@ static int test_sliding_window(void)
     float *lg2 = malloc((size_t)k1 * 1024 * sizeof(float));
     CHECK_EQ_INT(mdl_infer(m, NULL, v, 0.0f, &lv, emb, cnt, lg2), 0);
     double fs[4][4] = {{0}};
+    float fx[4][4];
     int64_t cs[4] = {0};
     lp = lv->data;
     for (int half = 0; half < 2; half++) {
@@ -610,14 +622,24 @@ static int test_sliding_window(void)
             for (int j = 0; j < k1; j++) CHECK(lg2[j * 1024 + vi] == a->logits[j * 512 + i]);
             int c = a->seg[i];
             CHECK_EQ_INT(lp[vi], c ? k_ids[c - 1] : 0);
+            for (int ch = 0; ch < C0; ch++) {
+                float f = a->feat[ch * 512 + i];
+                fs[c][ch] += f;
+                if (!cs[c] || f > fx[c][ch]) fx[c][ch] = f;
+            }
             cs[c]++;
-            for (int ch = 0; ch < C0; ch++) fs[c][ch] += a->feat[ch * 512 + i];
         }
     }
-    float pooled[4 * 4];
+    /* The descriptor is the mean and the maximum over both halves. */
+    const int PD = mdl_pool_dim(&m->cfg);
+    CHECK_EQ_INT(PD, 2 * C0);
+    float pooled[4 * 8];
     for (int j = 0; j < k1; j++) {
         CHECK_EQ_INT(cnt[j], cs[j]);
-        for (int ch = 0; ch < C0; ch++) pooled[j * C0 + ch] = cs[j] ? (float)(fs[j][ch] / cs[j]) : 0;
+        for (int ch = 0; ch < C0; ch++) {
+            pooled[j * PD + ch] = cs[j] ? (float)(fs[j][ch] / cs[j]) : 0;
+            pooled[j * PD + C0 + ch] = cs[j] ? fx[j][ch] : 0;
+        }
     }
     CHECK_EQ_INT(mdl_embed_pooled(m, pooled, k1, emb2), 0);
     int present = 0;

@@ -735,6 +735,85 @@ static int test_mpool(void)
     return 0;
 }
 
+typedef struct {
+    float *feat, *out, *r;
+    int64_t *arg;
+    uint8_t *label;
+    int k, c, ld;
+    size_t s;
+} xp_ud;
+
+static double xpool_loss(void *ud)
+{
+    xp_ud *u = ud;
+    op_xpool_forward_cpu(u->out, u->ld, u->arg, u->feat, u->label, u->k, u->c, u->s);
+    double t = 0;
+    for (int j = 0; j < u->k; j++)
+        for (int ch = 0; ch < u->c; ch++)
+            t += (double)u->out[(size_t)j * u->ld + ch] * u->r[(size_t)j * u->ld + ch];
+    return t;
+}
+
+static int test_xpool(void)
+{
+    /* Hand case: 2 channels, 6 voxels, labels (0, 2, 2, 5, 0, 2) with k = 4,
+     * written into rows of stride 3 (column 2 must stay untouched). */
+    float feat[12] = {1, 2, 4, 100, 3, 4, /* channel 1 */ -1, -3, -2, 100, -5, -7};
+    uint8_t label[6] = {0, 2, 2, 5, 0, 2};
+    float out[12];
+    int64_t arg[8];
+    for (int i = 0; i < 12; i++) out[i] = 42.0f;
+    op_xpool_forward_cpu(out, 3, arg, feat, label, 4, 2, 6);
+    CHECK(out[0] == 3.0f && out[1] == -1.0f && out[2] == 42.0f); /* label 0 */
+    CHECK_EQ_INT(arg[0], 4);
+    CHECK_EQ_INT(arg[1], 0);
+    CHECK(out[3] == 0.0f && out[4] == 0.0f && arg[2] == -1 && arg[3] == -1); /* absent */
+    CHECK(out[6] == 4.0f && out[7] == -2.0f); /* label 2: tie 4 at voxels 2, 5 */
+    CHECK_EQ_INT(arg[4], 2);                  /* the first on ties */
+    CHECK_EQ_INT(arg[5], 2);
+    CHECK(out[9] == 0.0f && out[10] == 0.0f && out[11] == 42.0f);
+    float dout[12] = {1, 2, 0, 9, 9, 0, 4, 6, 0, 9, 9, 0}, df[12] = {0};
+    op_xpool_backward_cpu(df, dout, 3, arg, 4, 2, 6);
+    CHECK(df[4] == 1.0f && df[6] == 2.0f && df[2] == 4.0f && df[8] == 6.0f);
+    CHECK(df[0] == 0.0f && df[3] == 0.0f && df[5] == 0.0f && df[11] == 0.0f);
+
+    /* Random case with distinct, well-separated values (so the maximum does
+     * not switch under the finite-difference step): fast vs reference and
+     * finite differences. */
+    xp_ud u = {.k = 5, .c = 3, .ld = 4, .s = 6 * 5 * 4};
+    size_t nf = (size_t)u.c * u.s, no = (size_t)u.k * u.ld;
+    u.feat = tu_fzero(nf);
+    for (size_t i = 0; i < nf; i++) u.feat[i] = (float)i * 0.01f;
+    for (size_t i = nf - 1; i > 0; i--) { /* shuffle */
+        size_t j = (size_t)(tu_urand() * (double)(i + 1));
+        if (j > i) j = i;
+        float t = u.feat[i];
+        u.feat[i] = u.feat[j], u.feat[j] = t;
+    }
+    u.out = tu_fzero(no);
+    u.r = tu_frand(no, -1, 1);
+    u.arg = calloc((size_t)u.k * u.c, sizeof *u.arg);
+    u.label = malloc(u.s);
+    for (size_t v = 0; v < u.s; v++) u.label[v] = (uint8_t)(tu_urand() * 6); /* 5: skipped */
+    for (size_t v = 0; v < u.s; v++)
+        if (u.label[v] == 3) u.label[v] = 0; /* label 3 absent */
+    float *o2 = tu_fzero(no);
+    int64_t a2[15];
+    xpool_loss(&u);
+    op_xpool_forward_ref(o2, u.ld, a2, u.feat, u.label, u.k, u.c, u.s);
+    for (int j = 0; j < u.k; j++)
+        for (int ch = 0; ch < u.c; ch++) {
+            CHECK(u.out[(size_t)j * u.ld + ch] == o2[(size_t)j * u.ld + ch]);
+            CHECK_EQ_INT(u.arg[(size_t)j * u.c + ch], a2[(size_t)j * u.c + ch]);
+        }
+    CHECK_EQ_INT(u.arg[3 * u.c], -1);
+    float *dfeat = tu_fzero(nf);
+    op_xpool_backward_cpu(dfeat, u.r, u.ld, u.arg, u.k, u.c, u.s);
+    CHECK(gradcheck("xpool dfeat", u.feat, nf, dfeat, 1e-3f, xpool_loss, &u) == 0);
+    free(u.feat), free(u.out), free(u.r), free(u.arg), free(u.label), free(o2), free(dfeat);
+    return 0;
+}
+
 /* ---- contrastive ---------------------------------------------------------------------------- */
 
 static int test_infonce_hand(void)
@@ -995,6 +1074,7 @@ const test_case ops_tests[] = {
     {"ops_dice_vs_ref_and_grad", test_dice_vs_ref_and_grad},
     {"ops_argmax", test_argmax},
     {"ops_mpool", test_mpool},
+    {"ops_xpool", test_xpool},
     {"ops_infonce_hand", test_infonce_hand},
     {"ops_infonce_grad_and_mask", test_infonce_grad_and_mask},
     {"ops_adamw", test_adamw},

@@ -32,8 +32,10 @@ static void describe(const char *label, const char *path)
     struct tm tm;
     localtime_r(&st.st_mtime, &tm);
     strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
-    printf("%-9s %s\n          identity %s, %d organ classes, spacing %.3g mm, written %s\n", label,
-           path, m->identity, m->cfg.n_classes, (double)m->spacing[0], when);
+    printf("%-9s %s\n          identity %s, %d organ classes, spacing %.3g mm, %s pooling, "
+           "written %s\n",
+           label, path, m->identity, m->cfg.n_classes, (double)m->spacing[0],
+           m->cfg.pool == MDL_POOL_MEANMAX ? "mean+max" : "mean", when);
     for (int i = 0; i < m->n_meta; i++)
         if (strncmp(m->meta[i].key, "threshold.", 10) != 0)
             printf("          %s = %s\n", m->meta[i].key, m->meta[i].val);

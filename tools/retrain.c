@@ -565,6 +565,7 @@ static int run(const rt_opts *o)
         to.depth = m->cfg.depth;
         to.embed = m->cfg.embed_dim;
         to.text_proj = m->cfg.text_dim > 0;
+        to.pool = m->cfg.pool;
         mdl_free(m);
     }
     int rc = trn_run(&to);

@@ -79,6 +79,8 @@ void trn_opts_default(trn_opts *o)
     o->depth = 3;
     o->embed = 256;
     o->text_proj = 1;
+    o->pool = MDL_POOL_MEAN;
+    o->at_balance = 1;
     o->lr = 3e-4f;
     o->min_lr = 3e-6f;
     o->wd = 1e-2f;
@@ -501,6 +503,124 @@ static int net_sync_host(run *r, int all)
     return dev_rc(r, cu_model_download(r->g, all), "downloading the parameters");
 }
 
+/* AT (eq. 3) for the nr organ rows of a step (row i: sample rb[i], class
+ * rc_[i], embedding rimg[i]); adds its gradient into dimg.  Row i's
+ * positive is one of its organ's findings in the case (a seeded pick) or
+ * the organ's normal template.  The texts are the rows' positives, then
+ * the normal template of every class, then the dictionary: so an abnormal
+ * organ always meets its own organ's normal statement as a negative, which
+ * is the choice zero-shot detection makes (positive against negative
+ * prompt).  Abnormal organs are a few rows among dozens of normal ones;
+ * with o->at_balance > 1 each abnormal row is repeated (up to that many
+ * times) so that the two kinds weigh about the same in the loss (the
+ * repeats' identical texts are masked as false negatives of each other).  A focal finding whose lesion
+ * is located (td_finding) counts only when the patch window win[b] of its
+ * sample shows it; an organ whose findings all lie outside its patch sits
+ * this loss out (it is neither abnormal nor normal in what it saw). */
+static int at_loss(run *r, const td_case **cb, const double (*win)[6], td_rng *rng, const int *rb,
+                   const int *rc_, int nr, const float *rimg, float *dimg, float *loss)
+{
+    const trn_opts *o = r->o;
+    const int K = r->m->cfg.n_classes, E = r->e, TD = r->tdim;
+    const int nd = r->dict ? r->dict->n : 0;
+    int rc = 0;
+    *loss = 0.0f;
+    if (nr == 0) return 0;
+    char (*sent)[200] = xmalloc(sizeof *sent * (size_t)nr);
+    glp_text *pos = xmalloc(sizeof *pos * (size_t)nr);
+    int nab = 0, *use = xmalloc(sizeof(int) * (size_t)nr), nuse = 0;
+    for (int i = 0; i < nr; i++) {
+        const td_case *c = cb[rb[i]];
+        int nf = 0, nall = 0, pick[TD_MAX_FINDINGS];
+        for (int j = 0; j < c->nfindings; j++)
+            if (c->findings[j].cls == rc_[i]) {
+                nall++;
+                /* A lesion outside the patch is not in what the organ's
+                 * row saw. */
+                if (td_finding_in_window(&c->findings[j], win[rb[i]])) pick[nf++] = j;
+            }
+        if (nall > 0 && nf == 0) {
+            /* Abnormal organ, but not in this patch: neither the finding's
+             * positive nor a normal one, so the row sits this loss out. */
+            pos[i] = (glp_text){NULL, rc_[i], -1};
+            continue;
+        }
+        use[nuse++] = i;
+        if (nf == 0) {
+            pos[i] = (glp_text){r->normal_txt[rc_[i]], rc_[i], -1};
+            continue;
+        }
+        const td_finding *f = &c->findings[pick[td_rng_int(rng, nf)]];
+        if (f->sentence && f->sentence[0])
+            snprintf(sent[i], sizeof sent[i], "%s", f->sentence);
+        else {
+            char w[128];
+            if (txt_organ_words(f->organ, w, sizeof w) != 0) snprintf(w, sizeof w, "%s", f->organ);
+            snprintf(sent[i], sizeof sent[i], "%s in the %s", f->abnormality, w);
+        }
+        int k = intern_key(r, f->abnormality);
+        if (k < 0) {
+            free(sent), free(pos);
+            return CTG_ENOMEM;
+        }
+        pos[i] = (glp_text){sent[i], rc_[i], k};
+        nab++;
+    }
+    int rep = 1;
+    if (nab > 0 && nab < nuse) {
+        rep = (nuse - nab + nab / 2) / nab;
+        rep = rep < 1 ? 1 : rep > o->at_balance ? o->at_balance : rep;
+    }
+    int nt = nuse + nab * (rep - 1), m = nt + K + nd;
+    if (nuse == 0) {
+        free(sent), free(pos), free(use);
+        return 0;
+    }
+    int *src = xmalloc(sizeof(int) * (size_t)nt);
+    float *img = xmalloc(sizeof(float) * (size_t)nt * E);
+    float *dim_ = xmalloc(sizeof(float) * (size_t)nt * E);
+    float *raw = xmalloc(sizeof(float) * (size_t)m * TD);
+    float *txt = xmalloc(sizeof(float) * (size_t)m * E);
+    float *dtxt = xmalloc(sizeof(float) * (size_t)m * E);
+    float *nrm = xmalloc(sizeof(float) * (size_t)m);
+    uint8_t *mask = xmalloc((size_t)nt * (size_t)m);
+    glp_text *cols = xmalloc(sizeof *cols * (size_t)m);
+    int t = 0;
+    for (int u = 0; u < nuse; u++) {
+        int i = use[u];
+        for (int q = 0; q < (pos[i].akey >= 0 ? rep : 1); q++) src[t++] = i;
+    }
+    for (int i = 0; i < nt && rc == 0; i++) {
+        cols[i] = pos[src[i]];
+        memcpy(img + (size_t)i * E, rimg + (size_t)src[i] * E, sizeof(float) * E);
+        rc = txt_cache_get(r->tc, cols[i].text, raw + (size_t)i * TD);
+    }
+    for (int c = 1; c <= K && rc == 0; c++) {
+        cols[nt + c - 1] = (glp_text){r->normal_txt[c], c, -1};
+        rc = txt_cache_get(r->tc, r->normal_txt[c], raw + (size_t)(nt + c - 1) * TD);
+    }
+    for (int j = 0; j < nd && rc == 0; j++) {
+        cols[nt + K + j] = r->dict->items[j];
+        memcpy(raw + (size_t)(nt + K + j) * TD, r->dict->emb + (size_t)j * TD,
+               sizeof(float) * TD);
+    }
+    if (rc == 0) rc = net_text_forward(r, txt, nrm, raw, m);
+    if (rc == 0) {
+        glp_at_mask(cols, nt, m, mask);
+        memset(dtxt, 0, sizeof(float) * (size_t)m * E);
+        memset(dim_, 0, sizeof(float) * (size_t)nt * E);
+        rc = glp_pair_loss(loss, img, txt, mask, nt, m, E, o->tau, o->w_at, dim_, dtxt);
+    }
+    if (rc == 0) rc = net_text_backward(r, dtxt, txt, nrm, raw, m);
+    if (rc == 0)
+        for (int i = 0; i < nt; i++)
+            op_acc_cpu(dimg + (size_t)src[i] * E, dim_ + (size_t)i * E, (size_t)E);
+    free(sent), free(pos), free(use), free(src), free(img), free(dim_), free(raw), free(txt);
+    free(dtxt);
+    free(nrm), free(mask), free(cols);
+    return rc;
+}
+
 /* One training step t: sample, forward, losses, backward, AdamW.  Every
  * rank draws the whole batch from the step's generator (so a data-parallel
  * run sees the samples a single process would) and trains on its share. */
@@ -511,6 +631,7 @@ static int step_once(run *r, long t, float *img, uint8_t *lab, uint8_t *pool, pa
     const int B = o->batch, NB = r->nb, K1 = m->cfg.n_classes + 1, E = r->e, TD = r->tdim;
     const size_t S = r->s;
     const td_case *cs[64] = {0};
+    double wins[64][6];
     int stage2 = t > o->stage1_steps;
     int rc = 0;
     td_rng rng;
@@ -537,8 +658,8 @@ static int step_once(run *r, long t, float *img, uint8_t *lab, uint8_t *pool, pa
                 goto fail;
             }
         }
-        rc = td_sample_patch(cs[b], &r->topt, &rng, img + (size_t)b * S, lab + (size_t)b * S,
-                             r->p, r->p, r->p);
+        rc = td_sample_patch_win(cs[b], &r->topt, &rng, img + (size_t)b * S,
+                                 lab + (size_t)b * S, r->p, r->p, r->p, wins[b]);
         if (rc != 0) goto fail;
     }
     /* This rank's share. */
@@ -560,7 +681,7 @@ static int step_once(run *r, long t, float *img, uint8_t *lab, uint8_t *pool, pa
     float *dembed = net_dembed(r);
 
     /* Text-side buffers live only for this step. */
-    int nr = 0, nd = r->dict && stage2 && (o->losses & TRN_L_AT) ? r->dict->n : 0;
+    int nr = 0, nd = 0; /* the dictionary is at_loss's */
     int cap = NB * K1;
     int *rb = xmalloc(sizeof(int) * (size_t)cap), *rc_ = xmalloc(sizeof(int) * (size_t)cap);
     float *rimg = xmalloc(sizeof(float) * (size_t)cap * E);
@@ -571,7 +692,6 @@ static int step_once(run *r, long t, float *img, uint8_t *lab, uint8_t *pool, pa
     float *nrm = xmalloc(sizeof(float) * (size_t)(cap + nd));
     uint8_t *mask = xmalloc((size_t)cap * (size_t)(cap + nd));
     glp_text *cols = xmalloc(sizeof *cols * (size_t)(cap + nd));
-    char (*sent)[200] = xmalloc(sizeof *sent * (size_t)cap);
 
     if (clip) {
         /* Vanilla CLIP: the whole patch (pooled as class 1 everywhere)
@@ -618,49 +738,10 @@ static int step_once(run *r, long t, float *img, uint8_t *lab, uint8_t *pool, pa
             if (rc != 0) goto done;
         }
         if (o->losses & TRN_L_AT) {
-            /* Each organ's positive: one of its findings (a seeded pick) or
-             * the normal template; then the dictionary as extra negatives. */
-            for (int i = 0; i < nr; i++) {
-                const td_case *c = cb[rb[i]];
-                int nf = 0, pick[TD_MAX_FINDINGS];
-                for (int j = 0; j < c->nfindings; j++)
-                    if (c->findings[j].cls == rc_[i]) pick[nf++] = j;
-                if (nf > 0) {
-                    const td_finding *f = &c->findings[pick[td_rng_int(&rng, nf)]];
-                    if (f->sentence && f->sentence[0])
-                        snprintf(sent[i], sizeof sent[i], "%s", f->sentence);
-                    else {
-                        char w[128];
-                        if (txt_organ_words(f->organ, w, sizeof w) != 0) snprintf(w, sizeof w, "%s", f->organ);
-                        snprintf(sent[i], sizeof sent[i], "%s in the %s", f->abnormality, w);
-                    }
-                    int k = intern_key(r, f->abnormality);
-                    if (k < 0) {
-                        rc = CTG_ENOMEM;
-                        goto done;
-                    }
-                    cols[i] = (glp_text){sent[i], rc_[i], k};
-                } else {
-                    cols[i] = (glp_text){r->normal_txt[rc_[i]], rc_[i], -1};
-                }
-                rc = txt_cache_get(r->tc, cols[i].text, raw + (size_t)i * TD);
-                if (rc != 0) goto done;
-            }
-            for (int j = 0; j < nd; j++) {
-                cols[nr + j] = r->dict->items[j];
-                memcpy(raw + (size_t)(nr + j) * TD, r->dict->emb + (size_t)j * TD,
-                       sizeof(float) * TD);
-            }
-            rc = net_text_forward(r, txt, nrm, raw, nr + nd);
-            if (rc != 0) goto done;
-            glp_at_mask(cols, nr, nr + nd, mask);
-            memset(dtxt, 0, sizeof(float) * (size_t)(nr + nd) * E);
-            rc = glp_pair_loss(&pt->at, rimg, txt, mask, nr, nr + nd, E, o->tau, o->w_at, dimg,
-                               dtxt);
+            rc = at_loss(r, cb, (const double (*)[6])(wins + r->b0), &rng, rb, rc_, nr, rimg,
+                         dimg, &pt->at);
             if (rc != 0) goto done;
             pt->total += o->w_at * pt->at;
-            rc = net_text_backward(r, dtxt, txt, nrm, raw, nr + nd);
-            if (rc != 0) goto done;
         }
     }
     for (int i = 0; i < nr; i++)
@@ -671,7 +752,7 @@ static int step_once(run *r, long t, float *img, uint8_t *lab, uint8_t *pool, pa
     rc = net_step(r, t);
 done:
     free(rb), free(rc_), free(rimg), free(dimg), free(raw), free(txt), free(dtxt), free(nrm);
-    free(mask), free(cols), free(sent);
+    free(mask), free(cols);
 fail:
     for (int b = 0; b < B; b++)
         if (cs[b]) td_cache_put(r->cache, cs[b]);
@@ -788,6 +869,7 @@ int trn_run(const trn_opts *o)
         mdl_config cfg = mdl_config_default(o->norgans);
         cfg.width = o->width;
         cfg.depth = o->depth;
+        cfg.pool = o->pool;
         cfg.embed_dim = o->text_proj ? o->embed : r->tdim;
         cfg.text_dim = o->text_proj ? r->tdim : 0;
         cfg.patch[0] = cfg.patch[1] = cfg.patch[2] = o->patch;
@@ -1032,11 +1114,15 @@ static void usage(FILE *f, const char *cmd)
             "  --batch B --patch P --spacing MM   (2, 64, the initial model's or 3)\n"
             "  --width W --depth D --embed E      (16, 3, 256)\n"
             "  --no-text-proj     no trainable text projection (embed = text dim)\n"
+            "  --pool mean|meanmax  organ descriptor of a new model: the mean of the\n"
+            "                     features over the organ (mean), or mean and maximum\n"
             "  --lr LR --min-lr LR --wd WD --clip-grad G --warmup N\n"
             "  --seed S --ckpt-every N --resume CKPT\n"
             "  --organs LIST|default   comma-separated TotalSegmentator names\n"
             "  --loss L           seg, ot, at, otat or clip, comma-separated (otat)\n"
             "  --dict N           abnormality dictionary size (512; 0: none)\n"
+            "  --at-balance N     repeat each abnormal organ up to N times in AT so that\n"
+            "                     abnormal and normal organs weigh alike (1: off)\n"
             "  --w-ot --w-at --w-seg --w-clip W --tau T\n"
             "  --vocab FILE --threads T --cache-mb MB --log-every N --quiet\n"
             "  --stop-at N        stop after step N with a checkpoint (to test resume)\n"
@@ -1224,7 +1310,7 @@ static int train_main(int argc, char **argv, int finetune)
         O_EMBED, O_NOPROJ, O_LR, O_MINLR, O_WD, O_CLIPG, O_WARMUP, O_SEED, O_CKPT, O_RESUME,
         O_ORGANS, O_LOSS, O_DICT, O_WOT, O_WAT, O_WSEG, O_WCLIP, O_TAU, O_VOCAB, O_THREADS,
         O_CACHE, O_LOGEV, O_QUIET, O_MODEL, O_STOP, O_HELP, O_DEVICE, O_GPUS, O_PREC, O_RANKS,
-        O_RANK, O_WORLD, O_COMMDIR
+        O_RANK, O_WORLD, O_COMMDIR, O_POOL, O_ATBAL
     };
     static const struct option lo[] = {
         {"data", 1, 0, O_DATA}, {"out", 1, 0, O_OUT}, {"steps", 1, 0, O_STEPS},
@@ -1240,6 +1326,7 @@ static int train_main(int argc, char **argv, int finetune)
         {"log-every", 1, 0, O_LOGEV}, {"quiet", 0, 0, O_QUIET}, {"model", 1, 0, O_MODEL},
         {"stop-at", 1, 0, O_STOP}, {"help", 0, 0, O_HELP}, {"device", 1, 0, O_DEVICE},
         {"gpus", 1, 0, O_GPUS}, {"precision", 1, 0, O_PREC}, {"ranks", 1, 0, O_RANKS},
+        {"pool", 1, 0, O_POOL}, {"at-balance", 1, 0, O_ATBAL},
         /* Set by the launcher for its children (launch_ranks). */
         {"rank", 1, 0, O_RANK}, {"world", 1, 0, O_WORLD}, {"comm-dir", 1, 0, O_COMMDIR},
         {0, 0, 0, 0}};
@@ -1260,6 +1347,21 @@ static int train_main(int argc, char **argv, int finetune)
         case O_DEPTH: o.depth = atoi(optarg); break;
         case O_EMBED: o.embed = atoi(optarg); break;
         case O_NOPROJ: o.text_proj = 0; break;
+        case O_ATBAL:
+            o.at_balance = atoi(optarg);
+            if (o.at_balance < 1 || o.at_balance > 64) {
+                fprintf(stderr, "ctglip-train: --at-balance %s: want 1..64\n", optarg);
+                return 2;
+            }
+            break;
+        case O_POOL:
+            if (strcmp(optarg, "mean") == 0) o.pool = MDL_POOL_MEAN;
+            else if (strcmp(optarg, "meanmax") == 0) o.pool = MDL_POOL_MEANMAX;
+            else {
+                fprintf(stderr, "ctglip-train: --pool %s: want mean or meanmax\n", optarg);
+                return 2;
+            }
+            break;
         case O_LR: o.lr = (float)atof(optarg); break;
         case O_MINLR: o.min_lr = (float)atof(optarg); break;
         case O_WD: o.wd = (float)atof(optarg); break;

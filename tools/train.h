@@ -42,6 +42,8 @@ typedef struct trn_opts {
     double spacing;       /* mm, isotropic training grid */
     int width, depth, embed;
     int text_proj;        /* 1: trainable projection of the text side */
+    int pool;             /* MDL_POOL_MEAN or MDL_POOL_MEANMAX (new models) */
+    int at_balance;       /* AT: abnormal organs repeated up to this many times (1) */
     float lr, min_lr, wd, clip_grad;
     long warmup;
     uint64_t seed;

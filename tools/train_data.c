@@ -178,6 +178,9 @@ static int parse_line(const char *line, const char *dir, td_entry *e, char *why,
         {
             td_mfinding *d = &e->findings[e->nfindings++];
             const char *sen = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(f, "sentence"));
+            const cJSON *les = cJSON_GetObjectItemCaseSensitive(f, "lesion");
+            if (cJSON_IsNumber(les) && les->valuedouble >= 1 && les->valuedouble <= 255)
+                d->lesion = (int)les->valuedouble;
             if (!(d->organ = dup_str(str_item(f, "organ"))) ||
                 !(d->abnormality = dup_str(str_item(f, "abnormality"))) ||
                 !(d->sentence = dup_str(sen)))
@@ -324,6 +327,8 @@ void td_opts_default(td_opts *o)
     memset(o, 0, sizeof *o);
     o->label_version = 2;
     o->fg_fraction = 2.0 / 3.0;
+    o->lesions = 1;
+    o->lesion_fraction = 0.25;
     o->augment = 1;
     o->scale = 0.10;
     o->hu_scale = 0.05;
@@ -559,6 +564,76 @@ void td_case_clear(td_case *c)
     memset(c, 0, sizeof *c);
 }
 
+/* Reads e's lesion map (U8 lesion numbers) onto ct's grid, as the labels. */
+static int load_lesions(const td_entry *e, const ctg_vol *ct, const td_opts *o, ctg_vol **out,
+                        char *why, size_t n)
+{
+    ctg_vol *les = NULL, *tmp = NULL;
+    char sub[512];
+    int rc;
+    (void)o;
+    *out = NULL;
+    if ((rc = ctg_nifti_read(e->lesions, CTG_U8, &les, sub, sizeof sub)) < 0) {
+        snprintf(why, n, "%s", sub);
+        return rc;
+    }
+    if ((rc = ctg_vol_canonical(les)) < 0) {
+        snprintf(why, n, "%s: %s", e->lesions, ctg_strerror(rc));
+        ctg_vol_free(les);
+        return rc;
+    }
+    if (!ctg_vol_same_grid(ct, les, 0.01)) {
+        if (!grids_overlap(ct, les)) {
+            snprintf(why, n, "%s does not overlap the CT", e->lesions);
+            ctg_vol_free(les);
+            return CTG_EREJECT;
+        }
+        if ((rc = ctg_vol_resample_to(les, ct, CTG_NEAREST, 0.0, &tmp)) < 0) {
+            snprintf(why, n, "resampling onto the CT grid: %s", ctg_strerror(rc));
+            ctg_vol_free(les);
+            return rc;
+        }
+        ctg_vol_free(les);
+        les = tmp;
+    }
+    memcpy(les->aff, ct->aff, sizeof les->aff);
+    *out = les;
+    return 0;
+}
+
+/* The bounding box of every lesion number 1..255 of les (box[0] > box[1]:
+ * absent). */
+static void lesion_boxes(const ctg_vol *les, int box[256][6])
+{
+    const uint8_t *p = les->data;
+    size_t v = 0;
+    for (int k = 0; k < les->nz; k++)
+        for (int j = 0; j < les->ny; j++)
+            for (int i = 0; i < les->nx; i++, v++) {
+                int l = p[v];
+                if (!l) continue;
+                int *b = box[l];
+                if (b[0] > b[1]) {
+                    b[0] = b[1] = i, b[2] = b[3] = j, b[4] = b[5] = k;
+                    continue;
+                }
+                if (i < b[0]) b[0] = i;
+                if (i > b[1]) b[1] = i;
+                if (j < b[2]) b[2] = j;
+                if (j > b[3]) b[3] = j;
+                if (k < b[4]) b[4] = k;
+                if (k > b[5]) b[5] = k;
+            }
+}
+
+int td_finding_in_window(const td_finding *f, const double win[6])
+{
+    if (!td_finding_located(f)) return 1;
+    for (int a = 0; a < 3; a++)
+        if (f->box[2 * a + 1] < win[2 * a] || f->box[2 * a] > win[2 * a + 1]) return 0;
+    return 1;
+}
+
 int td_case_load(const td_manifest *m, int i, const td_opts *o, td_case *out, char *why,
                  size_t n)
 {
@@ -570,7 +645,7 @@ int td_case_load(const td_manifest *m, int i, const td_opts *o, td_case *out, ch
     const td_entry *e = &m->cases[i];
     int rc;
     char sub[1024];
-    ctg_vol *ct = NULL, *lab = NULL, *tmp = NULL;
+    ctg_vol *ct = NULL, *lab = NULL, *tmp = NULL, *les = NULL;
     td_case *c = out;
     c->index = i;
     c->nclasses = o->nclasses;
@@ -637,6 +712,18 @@ int td_case_load(const td_manifest *m, int i, const td_opts *o, td_case *out, ch
                      e->id, unknown, maxid, version);
     }
 
+    /* The lesion map, when a finding points into it: aligned as the labels
+     * and resampled like them below, then reduced to one box per lesion. */
+    int want_lesions = 0;
+    for (int f = 0; f < e->nfindings; f++) want_lesions |= e->findings[f].lesion > 0;
+    if (o->lesions && want_lesions && e->lesions) {
+        if ((rc = load_lesions(e, ct, o, &les, sub, sizeof sub)) < 0) {
+            /* A broken lesion map costs the localisation, not the case. */
+            log_warn("case %s: lesion map not used: %s", e->id, sub);
+            les = NULL;
+        }
+    }
+
     if (o->spacing[0] > 0) {
         if ((rc = ctg_vol_resample(ct, o->spacing, CTG_LINEAR, -1024.0, &tmp)) < 0) {
             snprintf(why, n, "ct: resampling to %.3gx%.3gx%.3g mm: %s", o->spacing[0],
@@ -653,6 +740,23 @@ int td_case_load(const td_manifest *m, int i, const td_opts *o, td_case *out, ch
         ctg_vol_free(lab);
         lab = tmp;
         tmp = NULL;
+        if (les) {
+            if ((rc = ctg_vol_resample(les, o->spacing, CTG_NEAREST, 0.0, &tmp)) < 0) {
+                tmp = NULL;
+                snprintf(why, n, "lesions: resampling: %s", ctg_strerror(rc));
+                goto fail;
+            }
+            ctg_vol_free(les);
+            les = tmp;
+            tmp = NULL;
+        }
+    }
+    int boxes[256][6];
+    for (int l = 0; l < 256; l++) boxes[l][0] = 0, boxes[l][1] = -1;
+    if (les) {
+        lesion_boxes(les, boxes);
+        ctg_vol_free(les);
+        les = NULL;
     }
     c->ct = ct;
     c->lab = lab;
@@ -682,6 +786,7 @@ int td_case_load(const td_manifest *m, int i, const td_opts *o, td_case *out, ch
         snprintf(d->abnormality, sizeof d->abnormality, "%s", mf->abnormality);
         d->organ_id = id;
         d->cls = cls;
+        memcpy(d->box, boxes[mf->lesion > 0 && mf->lesion < 256 ? mf->lesion : 0], sizeof d->box);
         if (!(d->sentence = strdup(mf->sentence))) {
             rc = CTG_ENOMEM;
             goto nomem;
@@ -705,6 +810,7 @@ fail:
     ctg_vol_free(ct);
     ctg_vol_free(lab);
     ctg_vol_free(tmp);
+    ctg_vol_free(les);
     td_case_clear(c);
     return rc;
 }
@@ -981,6 +1087,15 @@ static double pick_centre(td_rng *r, int p, int nsrc, int fg_voxel)
 int td_sample_patch(const td_case *c, const td_opts *o, td_rng *rng, float *img, uint8_t *lab,
                     int pd, int ph, int pw)
 {
+    if (!o) return CTG_EINVAL;
+    td_opts plain = *o;
+    plain.lesion_fraction = 0.0;
+    return td_sample_patch_win(c, &plain, rng, img, lab, pd, ph, pw, NULL);
+}
+
+int td_sample_patch_win(const td_case *c, const td_opts *o, td_rng *rng, float *img,
+                        uint8_t *lab, int pd, int ph, int pw, double win[6])
+{
     if (!c || !c->ct || !c->lab || !o || !rng || !img || !lab || pd <= 0 || ph <= 0 || pw <= 0 ||
         (size_t)pd * ph * pw > ((size_t)1 << 30))
         return CTG_EINVAL;
@@ -995,7 +1110,20 @@ int td_sample_patch(const td_case *c, const td_opts *o, td_rng *rng, float *img,
     double want_fg = td_rng_unif(rng);
     int cls_pick = (int)(td_rng_next(rng) >> 33);
     uint64_t vox_pick = td_rng_next(rng);
-    if (c->fg_start && want_fg < o->fg_fraction) {
+    int located[TD_MAX_FINDINGS], nloc = 0;
+    for (int f = 0; f < c->nfindings && nloc < TD_MAX_FINDINGS; f++)
+        if (td_finding_located(&c->findings[f])) located[nloc++] = f;
+    if (nloc > 0 && want_fg < o->lesion_fraction) {
+        /* A voxel of a located finding's box (the box of a small lesion
+         * is mostly lesion). */
+        const int *b = c->findings[located[cls_pick % nloc]].box;
+        uint64_t q = vox_pick;
+        for (int a = 0; a < 3; a++) {
+            int w = b[2 * a + 1] - b[2 * a] + 1;
+            fg_voxel[a] = b[2 * a] + (int)(q % (uint64_t)w);
+            q /= (uint64_t)w;
+        }
+    } else if (c->fg_start && want_fg < o->fg_fraction) {
         int present[256], np = 0;
         for (int k = 1; k <= c->nclasses; k++)
             if (c->fg_start[k + 1] > c->fg_start[k]) present[np++] = k;
@@ -1031,6 +1159,11 @@ int td_sample_patch(const td_case *c, const td_opts *o, td_rng *rng, float *img,
     make_axis(tx, pw, nx, cx, s);
     make_axis(ty, ph, ny, cy, s);
     make_axis(tz, pd, nz, cz, s);
+    if (win) {
+        win[0] = cx - s * 0.5 * (pw - 1), win[1] = cx + s * 0.5 * (pw - 1);
+        win[2] = cy - s * 0.5 * (ph - 1), win[3] = cy + s * 0.5 * (ph - 1);
+        win[4] = cz - s * 0.5 * (pd - 1), win[5] = cz + s * 0.5 * (pd - 1);
+    }
 
     const size_t sxy = (size_t)nx * ny;
     for (int z = 0; z < pd; z++) {

@@ -35,6 +35,7 @@ typedef struct td_mfinding {
     char *organ;       /* TotalSegmentator name as written (may be unknown) */
     char *abnormality; /* key, e.g. "renal_cyst" */
     char *sentence;    /* "" when the line has none */
+    int lesion;        /* its value in the case's lesion map; 0: none (diffuse) */
 } td_mfinding;
 
 typedef struct td_entry {
@@ -89,6 +90,9 @@ typedef struct td_opts {
     int load_report;         /* 1: read the report text into the case */
     /* Patch sampling. */
     double fg_fraction;      /* patches centred on a labelled voxel (2/3) */
+    int lesions;             /* 1: locate focal findings in the lesion maps (1) */
+    double lesion_fraction;  /* patches centred on a located finding (1/4; part
+                              * of fg_fraction) */
     int augment;             /* 0: plain crops (evaluation) */
     double scale;            /* zoom factor drawn from [1-scale, 1+scale] (0.1) */
     double hu_scale;         /* intensity factor from [1-x, 1+x] (0.05) */
@@ -107,7 +111,15 @@ typedef struct td_finding {
     int cls;                 /* the model's class index, 1..nclasses */
     char abnormality[64];
     char *sentence;          /* owned by the case */
+    /* Where a focal finding is, when the case's lesion map shows it: the
+     * bounding box of its lesion on the training grid, voxels i0..i1,
+     * j0..j1, k0..k1 inclusive ({0, -1, ...}: not located; diffuse
+     * findings and lesions lost to the resampling are never located). */
+    int box[6];
 } td_finding;
+
+/* 1 when finding f is located (f->box is a box). */
+static inline int td_finding_located(const td_finding *f) { return f->box[0] <= f->box[1]; }
 
 typedef struct td_case {
     int index;               /* in the manifest */
@@ -198,5 +210,16 @@ int td_rng_int(td_rng *r, int n); /* 0..n-1; n > 0 */
  * Draws only from rng.  Returns 0 or CTG_EINVAL (bad sizes). */
 int td_sample_patch(const td_case *c, const td_opts *opts, td_rng *rng, float *img,
                     uint8_t *lab, int pd, int ph, int pw);
+/* The same, also centring a share opts->lesion_fraction of the patches on
+ * a located finding (a random one, when the case has any), and reporting
+ * in win (NULL: not wanted) the source voxels the patch covers: i from
+ * win[0] to win[1], j win[2]..win[3], k win[4]..win[5] (inclusive, on the
+ * training grid, possibly beyond it).  td_sample_patch is this with
+ * lesion_fraction 0 and no win. */
+int td_sample_patch_win(const td_case *c, const td_opts *opts, td_rng *rng, float *img,
+                        uint8_t *lab, int pd, int ph, int pw, double win[6]);
+/* 1 when the located finding f lies (in part) inside win; 1 as well for a
+ * finding that is not located, which may be anywhere in its organ. */
+int td_finding_in_window(const td_finding *f, const double win[6]);
 
 #endif
