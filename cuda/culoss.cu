@@ -286,6 +286,54 @@ extern "C" int cu_argmax_f32(cu_ctx *c, uint8_t *label, const float *x, int n, i
 
 /* ---- organ pooling ------------------------------------------------------------------ */
 
+/* How the label-run reductions (mpool, xpool) split the work: each
+ * sample's s voxels into parts of span voxels (one cu__segs segment each),
+ * each part into one contiguous run per thread row, the threads of a row
+ * taking channels t % C.  lr_plan sizes it; lr_run gives thread t of
+ * segment seg its sample b, voxels [r0, r1) and channels k0, k0 + kstep,
+ * ... (0: nothing to do). */
+typedef struct lr_plan {
+    size_t parts, span, len;
+} lr_plan;
+
+static lr_plan lr_make(const cu_ctx *c, size_t s, size_t C)
+{
+    lr_plan p;
+    size_t per = c->emu ? 64 : (size_t)16384 * 256;
+    p.parts = (s * C + per - 1) / per;
+    if (p.parts > s) p.parts = s;
+    p.span = (s + p.parts - 1) / p.parts;
+    p.len = (p.span * C + 15) / 16; /* as cu__chan_sum */
+    return p;
+}
+
+static __host__ __device__ __forceinline__ int lr_run(lr_plan p, size_t s, size_t C, size_t seg,
+                                                      size_t t, size_t nt, size_t *b, size_t *r0,
+                                                      size_t *r1, size_t *k0, size_t *kstep)
+{
+    *b = seg / p.parts;
+    size_t part = seg - *b * p.parts;
+    size_t v0 = part * p.span, v1 = v0 + p.span < s ? v0 + p.span : s;
+    if (v0 >= v1) return 0;
+    size_t rows, row;
+    if (nt >= C) {
+        rows = nt / C;
+        row = t / C;
+        *k0 = t % C;
+        *kstep = C;
+    } else {
+        rows = 1;
+        row = 0;
+        *k0 = t;
+        *kstep = nt;
+    }
+    if (row >= rows) return 0;
+    size_t run = (v1 - v0 + rows - 1) / rows;
+    *r0 = v0 + row * run;
+    *r1 = *r0 + run < v1 ? *r0 + run : v1;
+    return *r0 < *r1;
+}
+
 /* Sums per (sample, label, channel), then divides by the counts.  Threads
  * are laid out as in cu__chan_sum (channel t % C), but each walks one
  * contiguous run of voxels and adds its partial sum to out only when the
@@ -303,32 +351,12 @@ static int mpool(cu_ctx *c, cu_dtype dt, float *out, int64_t *count, const void 
         return rc;
     if (!n || !k || !ch || !s) return 0;
     unsigned kk = k > 256 ? 256 : (unsigned)k; /* labels are bytes */
-    size_t per = c->emu ? 64 : (size_t)16384 * 256;
-    size_t parts = (s * C + per - 1) / per;
-    if (parts > s) parts = s;
-    size_t span = (s + parts - 1) / parts;
-    size_t len = (span * C + 15) / 16; /* as cu__chan_sum */
+    lr_plan pl = lr_make(c, s, C);
     long long *cnt = (long long *)count;
-    rc = cu__segs(c, "mpool.sum", (size_t)n * parts, len,
+    rc = cu__segs(c, "mpool.sum", (size_t)n * pl.parts, pl.len,
                   [=] CU_HD(size_t seg, size_t t, size_t nt) {
-                      size_t b = seg / parts, part = seg - b * parts;
-                      size_t v0 = part * span, v1 = v0 + span < s ? v0 + span : s;
-                      if (v0 >= v1) return;
-                      size_t rows, row, k0, kstep;
-                      if (nt >= C) {
-                          rows = nt / C;
-                          row = t / C;
-                          k0 = t % C;
-                          kstep = C;
-                      } else {
-                          rows = 1;
-                          row = 0;
-                          k0 = t;
-                          kstep = nt;
-                      }
-                      if (row >= rows) return;
-                      size_t run = (v1 - v0 + rows - 1) / rows;
-                      size_t r0 = v0 + row * run, r1 = r0 + run < v1 ? r0 + run : v1;
+                      size_t b, r0, r1, k0, kstep;
+                      if (!lr_run(pl, s, C, seg, t, nt, &b, &r0, &r1, &k0, &kstep)) return;
                       const uint8_t *lab = label + b * s;
                       for (size_t j = k0; j < C; j += kstep) {
                           unsigned cur = 256;
@@ -439,31 +467,11 @@ static int xpool(cu_ctx *c, cu_dtype dt, float *out, int ld, int64_t *arg, const
     if (!n || !k || !ch) return 0;
     unsigned kk = k > 256 ? 256 : (unsigned)k; /* labels are bytes */
     if (s) {
-        size_t per = c->emu ? 64 : (size_t)16384 * 256;
-        size_t parts = (s * C + per - 1) / per;
-        if (parts > s) parts = s;
-        size_t span = (s + parts - 1) / parts;
-        size_t len = (span * C + 15) / 16;
-        rc = cu__segs(c, "xpool.max", (size_t)n * parts, len,
+        lr_plan pl = lr_make(c, s, C);
+        rc = cu__segs(c, "xpool.max", (size_t)n * pl.parts, pl.len,
                       [=] CU_HD(size_t seg, size_t t, size_t nt) {
-                          size_t b = seg / parts, part = seg - b * parts;
-                          size_t v0 = part * span, v1 = v0 + span < s ? v0 + span : s;
-                          if (v0 >= v1) return;
-                          size_t rows, row, k0, kstep;
-                          if (nt >= C) {
-                              rows = nt / C;
-                              row = t / C;
-                              k0 = t % C;
-                              kstep = C;
-                          } else {
-                              rows = 1;
-                              row = 0;
-                              k0 = t;
-                              kstep = nt;
-                          }
-                          if (row >= rows) return;
-                          size_t run = (v1 - v0 + rows - 1) / rows;
-                          size_t r0 = v0 + row * run, r1 = r0 + run < v1 ? r0 + run : v1;
+                          size_t b, r0, r1, k0, kstep;
+                          if (!lr_run(pl, s, C, seg, t, nt, &b, &r0, &r1, &k0, &kstep)) return;
                           const uint8_t *lab = label + b * s;
                           for (size_t j = k0; j < C; j += kstep) {
                               unsigned cur = 256;
