@@ -681,17 +681,17 @@ static int step_once(run *r, long t, float *img, uint8_t *lab, uint8_t *pool, pa
     float *dembed = net_dembed(r);
 
     /* Text-side buffers live only for this step. */
-    int nr = 0, nd = 0; /* the dictionary is at_loss's */
+    int nr = 0; /* OT and CLIP rows; AT has its own buffers (at_loss) */
     int cap = NB * K1;
     int *rb = xmalloc(sizeof(int) * (size_t)cap), *rc_ = xmalloc(sizeof(int) * (size_t)cap);
     float *rimg = xmalloc(sizeof(float) * (size_t)cap * E);
     float *dimg = xmalloc(sizeof(float) * (size_t)cap * E);
-    float *raw = xmalloc(sizeof(float) * (size_t)(cap + nd) * TD);
-    float *txt = xmalloc(sizeof(float) * (size_t)(cap + nd) * E);
-    float *dtxt = xmalloc(sizeof(float) * (size_t)(cap + nd) * E);
-    float *nrm = xmalloc(sizeof(float) * (size_t)(cap + nd));
-    uint8_t *mask = xmalloc((size_t)cap * (size_t)(cap + nd));
-    glp_text *cols = xmalloc(sizeof *cols * (size_t)(cap + nd));
+    float *raw = xmalloc(sizeof(float) * (size_t)cap * TD);
+    float *txt = xmalloc(sizeof(float) * (size_t)cap * E);
+    float *dtxt = xmalloc(sizeof(float) * (size_t)cap * E);
+    float *nrm = xmalloc(sizeof(float) * (size_t)cap);
+    uint8_t *mask = xmalloc((size_t)cap * (size_t)cap);
+    glp_text *cols = xmalloc(sizeof *cols * (size_t)cap);
 
     if (clip) {
         /* Vanilla CLIP: the whole patch (pooled as class 1 everywhere)

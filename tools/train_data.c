@@ -565,13 +565,12 @@ void td_case_clear(td_case *c)
 }
 
 /* Reads e's lesion map (U8 lesion numbers) onto ct's grid, as the labels. */
-static int load_lesions(const td_entry *e, const ctg_vol *ct, const td_opts *o, ctg_vol **out,
-                        char *why, size_t n)
+static int load_lesions(const td_entry *e, const ctg_vol *ct, ctg_vol **out, char *why,
+                        size_t n)
 {
     ctg_vol *les = NULL, *tmp = NULL;
     char sub[512];
     int rc;
-    (void)o;
     *out = NULL;
     if ((rc = ctg_nifti_read(e->lesions, CTG_U8, &les, sub, sizeof sub)) < 0) {
         snprintf(why, n, "%s", sub);
@@ -717,7 +716,7 @@ int td_case_load(const td_manifest *m, int i, const td_opts *o, td_case *out, ch
     int want_lesions = 0;
     for (int f = 0; f < e->nfindings; f++) want_lesions |= e->findings[f].lesion > 0;
     if (o->lesions && want_lesions && e->lesions) {
-        if ((rc = load_lesions(e, ct, o, &les, sub, sizeof sub)) < 0) {
+        if ((rc = load_lesions(e, ct, &les, sub, sizeof sub)) < 0) {
             /* A broken lesion map costs the localisation, not the case. */
             log_warn("case %s: lesion map not used: %s", e->id, sub);
             les = NULL;
