@@ -112,6 +112,40 @@ int ctg_uid_random(char out[65]);
 /* Writes len bytes, retrying on EINTR and short writes. */
 int ctg_write_all(int fd, const void *buf, size_t len);
 
+/* A sequential writer of a new file that is about to be made durable.
+ *
+ * The writer collects the many small writes of a DICOM stream (the meta
+ * header element by element, then PDV by PDV) in a staging buffer and
+ * writes the file in pieces of the buffer's size, and it starts write-back
+ * of every full CTG_FW_KICK bytes (sync_file_range), so the disk works
+ * while the rest arrives and the final fsync waits only for the tail.
+ * Without a staging buffer it writes through.
+ *
+ * After ctg_fw_finish() the staging buffer still holds the file's last
+ * bytes: [tail_off, tail_off + tail_len).  Errors stick: after one, writes
+ * return it and write nothing. */
+#define CTG_FW_KICK (256u * 1024u)
+typedef struct ctg_fwriter {
+    int fd;
+    unsigned char *buf;  /* staging buffer, or NULL */
+    size_t cap;          /* its size */
+    size_t fill;         /* staged bytes not yet written */
+    size_t last;         /* bytes of the last full buffer written */
+    uint64_t off;        /* bytes already in the file */
+    uint64_t kicked;     /* bytes handed to write-back */
+    uint64_t tail_off;   /* after finish: file offset of buf[0] */
+    size_t tail_len;     /* after finish: file bytes buf still holds */
+    int err;             /* first error (negative CTG code), sticky */
+} ctg_fwriter;
+
+/* buf/cap: the staging buffer, or NULL/0 to write through. */
+void ctg_fw_init(ctg_fwriter *w, int fd, unsigned char *buf, size_t cap);
+int ctg_fw_write(ctg_fwriter *w, const void *data, size_t len);
+/* Writes what is staged; 0 or the error. */
+int ctg_fw_finish(ctg_fwriter *w);
+/* Bytes accepted so far (the file's length after finish). */
+static inline uint64_t ctg_fw_size(const ctg_fwriter *w) { return w->off + w->fill; }
+
 /* ---- what later stages need to know about a received instance ---------- */
 
 /* Filled by the dicom layer from a stored file, consumed by the store.  All

@@ -161,6 +161,71 @@ int ctg_write_all(int fd, const void *buf, size_t len)
     return 0;
 }
 
+/* ---- ctg_fwriter ----------------------------------------------------------- */
+
+static int fw_put(ctg_fwriter *w, const unsigned char *p, size_t n)
+{
+    int r = ctg_write_all(w->fd, p, n);
+    if (r < 0) return w->err = r;
+    w->off += n;
+    if (w->off - w->kicked >= CTG_FW_KICK) {
+        uint64_t end = w->off & ~(uint64_t)4095;
+        if (end > w->kicked) {
+            /* Only a hint: the fsync that follows writes and checks all. */
+            sync_file_range(w->fd, (off_t)w->kicked, (off_t)(end - w->kicked),
+                            SYNC_FILE_RANGE_WRITE);
+            w->kicked = end;
+        }
+    }
+    return 0;
+}
+
+void ctg_fw_init(ctg_fwriter *w, int fd, unsigned char *buf, size_t cap)
+{
+    memset(w, 0, sizeof *w);
+    w->fd = fd;
+    if (buf && cap > 0) {
+        w->buf = buf;
+        w->cap = cap;
+    }
+}
+
+int ctg_fw_write(ctg_fwriter *w, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    if (w->err) return w->err;
+    if (!w->buf) return fw_put(w, p, len);
+    while (len > 0) {
+        size_t k = w->cap - w->fill < len ? w->cap - w->fill : len;
+        memcpy(w->buf + w->fill, p, k);
+        w->fill += k;
+        p += k;
+        len -= k;
+        if (w->fill == w->cap) {
+            w->fill = 0;
+            w->last = w->cap;
+            if (fw_put(w, w->buf, w->cap) < 0) return w->err;
+        }
+    }
+    return 0;
+}
+
+int ctg_fw_finish(ctg_fwriter *w)
+{
+    if (w->err) return w->err;
+    if (w->fill == 0) {
+        /* Ended on a buffer boundary: the buffer holds the last full one. */
+        w->tail_off = w->off - w->last;
+        w->tail_len = w->last;
+        return 0;
+    }
+    size_t n = w->fill;
+    w->tail_off = w->off;
+    w->tail_len = n;
+    w->fill = 0;
+    return fw_put(w, w->buf, n);
+}
+
 const char *ctg_data_path(const char *rel, char *out, size_t n)
 {
     const char *home = getenv("CTGLIP_HOME");

@@ -131,6 +131,27 @@ void dcm_scp_free(dcm_scp *scp);
 int dcm_read_instance(const char *path, ctg_instance *out, char *why,
                       size_t n);
 
+/* A file the SCP has just written, described by what it still holds in
+ * memory, so that its header can be parsed without reading the file back.
+ * The file is `size` bytes: the meta header, then the data set from
+ * data_offset on, in transfer syntax xfer (a UID).  head holds file bytes
+ * [0, head_len); tail (may be NULL) holds [tail_off, tail_off + tail_len);
+ * any other byte the parse needs is read from path. */
+typedef struct dcm_rx_file {
+    const char *path;
+    uint64_t size, data_offset;
+    const unsigned char *head;
+    size_t head_len;
+    const unsigned char *tail;
+    uint64_t tail_off;
+    size_t tail_len;
+    const char *xfer;
+} dcm_rx_file;
+/* Parses the data set of f as dcm_read_instance() parses a file: the whole
+ * structure is checked, values longer than 4 KiB (pixel data) are skipped,
+ * not read.  0, or CTG_EDICOM with a reason in why. */
+int dcm_parse_received(const dcm_rx_file *f, ctg_instance *out, char *why, size_t n);
+
 /* ---- SCU ------------------------------------------------------------------ */
 
 typedef struct dcm_peer {

@@ -6,16 +6,25 @@
  * but the whole file is parsed, so a truncated or malformed data set is
  * caught here, before it is acknowledged.
  *
- * Threading: dcm_read_instance() is reentrant.
+ * dcm_parse_received() parses a file the SCP has just written in the same
+ * way, from what the receiver still holds in memory (its first and last
+ * bytes): large values are skipped, not read back.
+ *
+ * Threading: dcm_read_instance() and dcm_parse_received() are reentrant.
  */
 #include "dicom.h"
 #include "dicom_int.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "dcmtk/config/osconfig.h"
 #include "dcmtk/dcmdata/dcrledrg.h"
+#include "dcmtk/dcmdata/dcistrma.h"
+#include "dcmtk/dcmdata/dcistrmf.h"
 #include "dcmtk/dcmdata/dctk.h"
 #include "dcmtk/dcmjpeg/djdecode.h"
 #include "dcmtk/dcmjpls/djdecode.h"
@@ -81,19 +90,9 @@ static int get_ds(DcmItem *ds, const DcmTagKey &tag, double *v, int n)
     return 0;
 }
 
-int dcm_read_instance(const char *path, ctg_instance *out, char *why, size_t n)
+/* Fills out from a parsed data set; xfer is the transfer syntax UID. */
+static int fill_instance(DcmItem *ds, const char *xfer, ctg_instance *out, char *why, size_t n)
 {
-    dcm_global_init();
-    memset(out, 0, sizeof *out);
-    DcmFileFormat ff;
-    OFCondition c = ff.loadFile(path, EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
-    if (c.bad()) {
-        snprintf(why, n, "cannot parse data set: %s", c.text());
-        return CTG_EDICOM;
-    }
-    DcmDataset *ds = ff.getDataset();
-    DcmMetaInfo *meta = ff.getMetaInfo();
-
     static const struct {
         DcmTagKey tag;
         const char *name;
@@ -112,7 +111,7 @@ int dcm_read_instance(const char *path, ctg_instance *out, char *why, size_t n)
             return CTG_EDICOM;
         }
     }
-    get_str(meta, DCM_TransferSyntaxUID, out->transfer_syntax, sizeof out->transfer_syntax);
+    OFStandard::strlcpy(out->transfer_syntax, xfer ? xfer : "", sizeof out->transfer_syntax);
     get_str(ds, DCM_FrameOfReferenceUID, out->frame_of_ref_uid, sizeof out->frame_of_ref_uid);
     get_str(ds, DCM_PatientID, out->patient_id, sizeof out->patient_id);
     get_str(ds, DCM_PatientName, out->patient_name, sizeof out->patient_name);
@@ -137,4 +136,142 @@ int dcm_read_instance(const char *path, ctg_instance *out, char *why, size_t n)
     double t;
     out->slice_thickness = get_ds(ds, DCM_SliceThickness, &t, 1) ? t : 0;
     return 0;
+}
+
+/* Values longer than this stay unread (pixel data): only the structure
+ * around them is checked. */
+#define MAX_READ 4096
+
+int dcm_read_instance(const char *path, ctg_instance *out, char *why, size_t n)
+{
+    dcm_global_init();
+    memset(out, 0, sizeof *out);
+    DcmFileFormat ff;
+    OFCondition c = ff.loadFile(path, EXS_Unknown, EGL_noChange, MAX_READ, ERM_fileOnly);
+    if (c.bad()) {
+        snprintf(why, n, "cannot parse data set: %s", c.text());
+        return CTG_EDICOM;
+    }
+    char xfer[65];
+    get_str(ff.getMetaInfo(), DCM_TransferSyntaxUID, xfer, sizeof xfer);
+    return fill_instance(ff.getDataset(), xfer, out, why, n);
+}
+
+/* ---- parsing a file the SCP has just written ------------------------------------- */
+
+/* Serves the data set's bytes from the receiver's memory (head and tail)
+ * and, for anything in between that the parse really reads, from the file.
+ * Skipped values (pixel data) cost nothing. */
+class RxProducer : public DcmProducer {
+  public:
+    explicit RxProducer(const dcm_rx_file *f) : f_(f), pos_(f->data_offset) {}
+    ~RxProducer() override
+    {
+        if (fd_ >= 0) close(fd_);
+    }
+    OFBool good() const override { return status_.good(); }
+    OFCondition status() const override { return status_; }
+    OFBool eos() override { return pos_ >= f_->size; }
+    offile_off_t avail() override
+    {
+        return status_.good() ? (offile_off_t)(f_->size - pos_) : 0;
+    }
+    offile_off_t read(void *buf, offile_off_t len) override
+    {
+        if (status_.bad() || len <= 0) return 0;
+        unsigned char *dst = (unsigned char *)buf;
+        uint64_t want = (uint64_t)len < f_->size - pos_ ? (uint64_t)len : f_->size - pos_;
+        uint64_t done = 0;
+        while (done < want) {
+            uint64_t p = pos_ + done, k;
+            uint64_t tail_end = f_->tail_off + f_->tail_len;
+            if (p < f_->head_len) {
+                k = f_->head_len - p;
+                if (k > want - done) k = want - done;
+                memcpy(dst + done, f_->head + p, (size_t)k);
+            } else if (f_->tail && p >= f_->tail_off && p < tail_end) {
+                k = tail_end - p;
+                if (k > want - done) k = want - done;
+                memcpy(dst + done, f_->tail + (p - f_->tail_off), (size_t)k);
+            } else {
+                /* From the file, up to where memory takes over again. */
+                k = want - done;
+                if (f_->tail && p < f_->tail_off && f_->tail_off - p < k) k = f_->tail_off - p;
+                if (fd_ < 0 && (fd_ = open(f_->path, O_RDONLY | O_CLOEXEC)) < 0) {
+                    status_ = makeOFCondition(0, 2, OF_error, "cannot read back the received file");
+                    break;
+                }
+                ssize_t r = pread(fd_, dst + done, (size_t)k, (off_t)p);
+                if (r < 0 && errno == EINTR) continue;
+                if (r <= 0) {
+                    status_ = makeOFCondition(0, 2, OF_error, "cannot read back the received file");
+                    break;
+                }
+                k = (uint64_t)r;
+            }
+            done += k;
+        }
+        pos_ += done;
+        return (offile_off_t)done;
+    }
+    offile_off_t skip(offile_off_t len) override
+    {
+        if (status_.bad() || len <= 0) return 0;
+        uint64_t k = (uint64_t)len < f_->size - pos_ ? (uint64_t)len : f_->size - pos_;
+        pos_ += k;
+        return (offile_off_t)k;
+    }
+    void putback(offile_off_t num) override
+    {
+        if (num < 0 || (uint64_t)num > pos_ - f_->data_offset)
+            status_ = EC_PutbackFailed;
+        else
+            pos_ -= (uint64_t)num;
+    }
+
+  private:
+    const dcm_rx_file *f_;
+    uint64_t pos_;
+    int fd_ = -1;
+    OFCondition status_ = EC_Normal;
+};
+
+/* The stream over an RxProducer.  A value the parse leaves unread can be
+ * loaded later from the file, at the data set's offset plus the position. */
+class RxStream : public DcmInputStream {
+  public:
+    explicit RxStream(const dcm_rx_file *f)
+        : DcmInputStream(&producer_), producer_(f), path_(f->path), base_(f->data_offset)
+    {
+    }
+    DcmInputStreamFactory *newFactory() const override
+    {
+        return new DcmInputFileStreamFactory(path_, (offile_off_t)base_ + tell());
+    }
+
+  private:
+    RxProducer producer_;
+    OFFilename path_;
+    uint64_t base_;
+};
+
+int dcm_parse_received(const dcm_rx_file *f, ctg_instance *out, char *why, size_t n)
+{
+    memset(out, 0, sizeof *out);
+    E_TransferSyntax xfer = DcmXfer(f->xfer).getXfer();
+    if (xfer == EXS_Unknown || f->data_offset > f->size) {
+        snprintf(why, n, "cannot parse data set: unknown transfer syntax %s", f->xfer);
+        return CTG_EDICOM;
+    }
+    RxStream in(f);
+    DcmDataset ds;
+    ds.transferInit();
+    OFCondition c = ds.read(in, xfer, EGL_noChange, MAX_READ);
+    ds.transferEnd();
+    if (c.good() && !in.eos()) c = EC_StreamNotifyClient;
+    if (c.bad()) {
+        snprintf(why, n, "cannot parse data set: %s", c.text());
+        return CTG_EDICOM;
+    }
+    return fill_instance(&ds, f->xfer, out, why, n);
 }

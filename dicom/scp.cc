@@ -5,9 +5,11 @@
  * with DCMTK's ASC_receiveAssociation and hand each to a new detached
  * association thread, which asks the caller's admit() hook, negotiates
  * presentation contexts and runs the DIMSE loop.  A C-STORE data set is
- * streamed byte for byte into the caller's file through SpoolStream, which
- * also hashes the data set and enforces the size cap, so nothing is held in
- * memory and a stored file equals what the peer sent.
+ * streamed byte for byte into the caller's file through SpoolStream (a
+ * ctg_fwriter with a per-association staging buffer), which enforces the
+ * size cap, so a stored file equals what the peer sent and at most 320 KiB
+ * of it is held in memory.  Its header is then parsed from the first and
+ * last bytes still in memory (dcm_parse_received), not read back.
  *
  * Threading: the dcm_scp struct is shared; counters are atomics or under
  * `mu`.  Hooks run on association threads.  Shutdown: stop_accepting() ends
@@ -68,13 +70,39 @@ struct dcm_scp {
 
 /* ---- the data-set sink -------------------------------------------------- */
 
-/* Writes to a file descriptor, notes where the data set starts (after the
- * meta header) and refuses to grow past a cap.  A failed write makes the stream bad, which
- * makes DIMSE_receiveDataSetInFile drain the rest of the data set and
- * return an error, leaving the association usable for the response. */
+/* Per-association memory of the sink, allocated once: the writer's
+ * staging buffer and a copy of each file's first bytes. */
+#define STAGE_BYTES (256u * 1024u)
+#define HEAD_BYTES (64u * 1024u)
+struct RxBuffers {
+    unsigned char *stage = nullptr;
+    unsigned char *head = nullptr;
+    RxBuffers()
+    {
+        stage = (unsigned char *)malloc(STAGE_BYTES);
+        head = (unsigned char *)malloc(HEAD_BYTES);
+    }
+    ~RxBuffers()
+    {
+        free(stage);
+        free(head);
+    }
+    RxBuffers(const RxBuffers &) = delete;
+    RxBuffers &operator=(const RxBuffers &) = delete;
+};
+
+/* Writes the file through a ctg_fwriter, keeps its first bytes for the
+ * header parse, notes where the
+ * data set starts (after the meta header) and refuses to grow past a cap.
+ * A failed write makes the stream bad, which makes DIMSE_receiveDataSetInFile
+ * drain the rest of the data set and return an error, leaving the
+ * association usable for the response. */
 class SpoolConsumer : public DcmConsumer {
   public:
-    SpoolConsumer(int fd, uint64_t cap) : fd_(fd), cap_(cap) {}
+    SpoolConsumer(int fd, uint64_t cap, RxBuffers *rx) : cap_(cap), rx_(rx)
+    {
+        ctg_fw_init(&w_, fd, rx->stage, rx->stage ? STAGE_BYTES : 0);
+    }
     OFBool good() const override { return err_ == 0; }
     OFCondition status() const override
     {
@@ -86,81 +114,59 @@ class SpoolConsumer : public DcmConsumer {
     offile_off_t write(const void *buf, offile_off_t len) override
     {
         if (err_) return 0;
-        if (written_ + (uint64_t)len > cap_) {
-            err_ = EFBIG;
+        uint64_t at = ctg_fw_size(&w_);
+        if (at + (uint64_t)len > cap_) {
+            err_ = CTG_ETOOBIG;
             return 0;
         }
-        if (!in_data_) {
-            /* The meta header arrives element by element: collect it and
-             * write it with the data set's first bytes. */
-            head_.append((const char *)buf, (size_t)len);
-            written_ += (uint64_t)len;
-            return len;
+        if (rx_->head && at < HEAD_BYTES) {
+            size_t k = HEAD_BYTES - at < (uint64_t)len ? (size_t)(HEAD_BYTES - at) : (size_t)len;
+            memcpy(rx_->head + at, buf, k);
         }
-        if (!head_.empty()) {
-            int h = ctg_write_all(fd_, head_.data(), head_.size());
-            head_.clear();
-            if (h < 0) {
-                err_ = -h;
-                return 0;
-            }
-        }
-        int r = ctg_write_all(fd_, buf, (size_t)len);
+        int r = ctg_fw_write(&w_, buf, (size_t)len);
         if (r < 0) {
-            err_ = -r;
+            err_ = r;
             return 0;
         }
-        written_ += (uint64_t)len;
-        start_writeback();
         return len;
-    }
-
-    /* Starts write-back of what has arrived so far, in steps of
-     * WRITEBACK_STEP, without waiting for it.  The disk then writes while
-     * the network delivers the rest, and the fsync before the response
-     * only waits for the last step and the journal.  A failure here is
-     * harmless: the fsync still writes everything and reports errors. */
-    void start_writeback()
-    {
-        static const uint64_t WRITEBACK_STEP = 256 * 1024;
-        if (written_ - kicked_ < WRITEBACK_STEP) return;
-        uint64_t end = written_ & ~(uint64_t)4095;
-        if (end > kicked_) {
-            sync_file_range(fd_, (off_t)kicked_, (off_t)(end - kicked_), SYNC_FILE_RANGE_WRITE);
-            kicked_ = end;
-        }
     }
     void flush() override {}
 
     /* What follows is the data set. */
-    void start_data()
-    {
-        in_data_ = true;
-        data_offset_ = written_;
-    }
-    /* Ends the stream: writes a meta header still held back (an empty data
-     * set). */
+    void start_data() { data_offset_ = ctg_fw_size(&w_); }
+    /* Ends the stream: what is staged goes to the file. */
     void finish()
     {
-        if (!head_.empty() && !err_) {
-            int h = ctg_write_all(fd_, head_.data(), head_.size());
-            if (h < 0) err_ = -h;
-            head_.clear();
+        if (err_) return;
+        int r = ctg_fw_finish(&w_);
+        if (r < 0) err_ = r;
+    }
+    /* The finished file as memory still holds it, for the header parse. */
+    void describe(dcm_rx_file *f, const char *path, const char *xfer) const
+    {
+        memset(f, 0, sizeof *f);
+        f->path = path;
+        f->size = ctg_fw_size(&w_);
+        f->data_offset = data_offset_;
+        f->head = rx_->head;
+        f->head_len = rx_->head ? (size_t)(f->size < HEAD_BYTES ? f->size : HEAD_BYTES) : 0;
+        if (w_.buf) {
+            f->tail = w_.buf;
+            f->tail_off = w_.tail_off;
+            f->tail_len = w_.tail_len;
         }
+        f->xfer = xfer;
     }
     uint64_t data_offset() const { return data_offset_; }
     int error() const { return err_; }
-    uint64_t written() const { return written_; }
+    uint64_t written() const { return ctg_fw_size(&w_); }
 
   private:
-    int fd_;
+    ctg_fwriter w_;
     uint64_t cap_;
-    uint64_t kicked_ = 0; /* file bytes already handed to write-back */
-    uint64_t written_ = 0;
-    int err_ = 0;
+    RxBuffers *rx_;
+    int err_ = 0; /* negative CTG code */
     uint64_t data_offset_ = 0;
-    bool in_data_ = false;
-    std::string head_;
 };
 
 class SpoolStream : public DcmOutputStream {
@@ -360,7 +366,8 @@ static void send_store_rsp(T_ASC_Association *assoc,
  * broken and must be aborted. */
 static OFCondition handle_store(dcm_scp *scp, T_ASC_Association *assoc,
                                 T_ASC_PresentationContextID pid,
-                                T_DIMSE_C_StoreRQ *req, const dcm_assoc_info *ai)
+                                T_DIMSE_C_StoreRQ *req, const dcm_assoc_info *ai,
+                                RxBuffers *rx)
 {
     char why[256] = "";
     char path[PATH_MAX] = "";
@@ -382,13 +389,13 @@ static OFCondition handle_store(dcm_scp *scp, T_ASC_Association *assoc,
     if (status != 0) goto refuse;
 
     {
-        SpoolConsumer sink(fd, scp->cfg.max_instance_bytes);
+        SpoolConsumer sink(fd, scp->cfg.max_instance_bytes, rx);
         SpoolStream out(&sink);
         c = write_meta(out, req->AffectedSOPClassUID, req->AffectedSOPInstanceUID,
                        pc.acceptedTransferSyntax, ai->calling_ae);
         if (c.bad() || !sink.good()) {
             snprintf(why, sizeof why, "cannot write spool file: %s",
-                     strerror(sink.error() ? sink.error() : EIO));
+                     ctg_strerror(sink.error() ? sink.error() : CTG_EIO));
             scp->hooks.store_abort(scp->hooks.ud, path, fd);
             log_error("scp[%u]: %s", ai->id, why);
             status = DCM_STATUS_OUT_OF_RESOURCES;
@@ -402,12 +409,12 @@ static OFCondition handle_store(dcm_scp *scp, T_ASC_Association *assoc,
             scp->hooks.store_abort(scp->hooks.ud, path, fd);
             if (c == DIMSE_OUTOFRESOURCES || sink.error()) {
                 /* The rest of the data set was drained: we can answer. */
-                if (sink.error() == EFBIG)
+                if (sink.error() == CTG_ETOOBIG)
                     snprintf(why, sizeof why, "data set larger than %llu bytes",
                              (unsigned long long)scp->cfg.max_instance_bytes);
                 else
                     snprintf(why, sizeof why, "cannot write spool file: %s",
-                             strerror(sink.error()));
+                             ctg_strerror(sink.error()));
                 log_error("scp[%u]: C-STORE %s from %s refused: %s", ai->id,
                           req->AffectedSOPInstanceUID, ai->calling_ae, why);
                 send_store_rsp(assoc, pid, req, DCM_STATUS_OUT_OF_RESOURCES,
@@ -419,14 +426,16 @@ static OFCondition handle_store(dcm_scp *scp, T_ASC_Association *assoc,
         sink.finish();
         if (sink.error()) {
             scp->hooks.store_abort(scp->hooks.ud, path, fd);
-            snprintf(why, sizeof why, "cannot write spool file: %s", strerror(sink.error()));
+            snprintf(why, sizeof why, "cannot write spool file: %s", ctg_strerror(sink.error()));
             status = DCM_STATUS_OUT_OF_RESOURCES;
             goto failed;
         }
         uint64_t size = sink.written();
 
         ctg_instance inst;
-        if (dcm_read_instance(path, &inst, why, sizeof why) < 0) {
+        dcm_rx_file rxf;
+        sink.describe(&rxf, path, pc.acceptedTransferSyntax);
+        if (dcm_parse_received(&rxf, &inst, why, sizeof why) < 0) {
             scp->hooks.store_abort(scp->hooks.ud, path, fd);
             status = DCM_STATUS_CANNOT_UNDERSTAND;
             goto failed;
@@ -482,6 +491,7 @@ static void run_association(dcm_scp *scp, T_ASC_Association *assoc,
     OFCondition c;
     OFString s;
     double idle = 0;
+    RxBuffers rx;
 
     for (;;) {
         T_DIMSE_Message msg;
@@ -531,7 +541,7 @@ static void run_association(dcm_scp *scp, T_ASC_Association *assoc,
             log_debug("scp[%u]: C-ECHO from %s", ai->id, ai->calling_ae);
             break;
         case DIMSE_C_STORE_RQ:
-            c = handle_store(scp, assoc, pid, &msg.msg.CStoreRQ, ai);
+            c = handle_store(scp, assoc, pid, &msg.msg.CStoreRQ, ai, &rx);
             break;
         default:
             log_warn("scp[%u]: unsupported DIMSE command 0x%04x from %s, aborting",

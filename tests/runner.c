@@ -38,7 +38,8 @@ static const test_case *const unit_tables[] = {
     store_tests,  queue_tests,      config_tests, fuzz_tests,     vol_tests,    volume_tests,
     phantom_tests, ctvol_tests,     ops_tests,    text_tests,     model_tests,  data_tests,
     eval_tests,   train_tests,      seg_tests,    sr_tests,       outbox_tests, analysis_tests,
-    reports_in_tests, report_tests, cuops_tests,  cuconv_tests,   cunet_tests,  gpu_tests};
+    reports_in_tests, report_tests, cuops_tests,  cuconv_tests,   cunet_tests,  gpu_tests,
+    rx_tests};
 
 typedef struct entry {
     char name[128];

@@ -72,6 +72,7 @@ int tu_tiny_model_save(const char *path);
 
 /* NULL-terminated tables, one per test file. */
 extern const test_case store_tests[];
+extern const test_case rx_tests[];     /* test_rx.c: file writer, received-file parse */
 extern const test_case queue_tests[];
 extern const test_case config_tests[];
 extern const test_case fuzz_tests[];
