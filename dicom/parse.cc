@@ -50,91 +50,133 @@ void dcm_quiet(void)
     OFLog::configure(OFLogger::FATAL_LOG_LEVEL);
 }
 
-static void get_str(DcmItem *ds, const DcmTagKey &tag, char *dst, size_t n)
+/* The top-level attributes fill_instance() reads, found in one pass over
+ * the data set (a findAndGet per attribute would walk the list each time). */
+enum {
+    A_SOP_CLASS, A_SOP_UID, A_STUDY_UID, A_SERIES_UID, A_FOR_UID, A_PATIENT_ID,
+    A_PATIENT_NAME, A_BIRTH_DATE, A_SEX, A_STUDY_DATE, A_STUDY_TIME, A_ACCESSION,
+    A_STUDY_DESC, A_MODALITY, A_SERIES_DESC, A_BODY_PART, A_IMAGE_TYPE, A_SERIES_NUMBER,
+    A_INSTANCE_NUMBER, A_ROWS, A_COLS, A_FRAMES, A_ORIENTATION, A_POSITION, A_SPACING,
+    A_THICKNESS, A_PIXEL_DATA, A_COUNT
+};
+static const DcmTagKey attr_tags[A_COUNT] = {
+    DCM_SOPClassUID, DCM_SOPInstanceUID, DCM_StudyInstanceUID, DCM_SeriesInstanceUID,
+    DCM_FrameOfReferenceUID, DCM_PatientID, DCM_PatientName, DCM_PatientBirthDate,
+    DCM_PatientSex, DCM_StudyDate, DCM_StudyTime, DCM_AccessionNumber, DCM_StudyDescription,
+    DCM_Modality, DCM_SeriesDescription, DCM_BodyPartExamined, DCM_ImageType,
+    DCM_SeriesNumber, DCM_InstanceNumber, DCM_Rows, DCM_Columns, DCM_NumberOfFrames,
+    DCM_ImageOrientationPatient, DCM_ImagePositionPatient, DCM_PixelSpacing,
+    DCM_SliceThickness, DCM_PixelData,
+};
+
+static void index_attrs(DcmItem *ds, DcmElement *at[A_COUNT])
 {
-    OFString v;
-    dst[0] = 0;
-    if (ds->findAndGetOFStringArray(tag, v).good()) {
-        /* Values are trimmed of the padding DICOM allows. */
-        size_t b = 0, e = v.length();
-        while (b < e && (v[b] == ' ' || v[b] == 0)) b++;
-        while (e > b && (v[e - 1] == ' ' || v[e - 1] == 0)) e--;
-        OFStandard::strlcpy(dst, v.substr(b, e - b).c_str(), n);
+    for (int i = 0; i < A_COUNT; i++) at[i] = NULL;
+    for (DcmObject *o = ds->nextInContainer(NULL); o; o = ds->nextInContainer(o)) {
+        const DcmTagKey &t = o->getTag();
+        for (int i = 0; i < A_COUNT; i++) {
+            if (t == attr_tags[i]) {
+                if (o->isLeaf()) at[i] = (DcmElement *)o;
+                break;
+            }
+        }
     }
 }
 
-static int get_int(DcmItem *ds, const DcmTagKey &tag, int dflt)
+static void get_str(DcmElement *e, char *dst, size_t n)
+{
+    OFString v;
+    dst[0] = 0;
+    if (e && e->getOFStringArray(v).good()) {
+        /* Values are trimmed of the padding DICOM allows. */
+        size_t b = 0, end = v.length();
+        while (b < end && (v[b] == ' ' || v[b] == 0)) b++;
+        while (end > b && (v[end - 1] == ' ' || v[end - 1] == 0)) end--;
+        size_t k = end - b < n - 1 ? end - b : n - 1;
+        memcpy(dst, v.data() + b, k);
+        dst[k] = 0;
+    }
+}
+
+static int get_int(DcmElement *e, int dflt)
 {
     Sint32 si;
     Uint16 us;
-    if (ds->findAndGetSint32(tag, si).good()) return (int)si;
-    if (ds->findAndGetUint16(tag, us).good()) return (int)us;
+    if (!e) return dflt;
+    if (e->getSint32(si).good()) return (int)si;
+    if (e->getUint16(us).good()) return (int)us;
     return dflt;
 }
 
 /* Reads n doubles of a multi-valued DS; looks into sequences when the
  * attribute is not at the top level (Enhanced CT functional groups). */
-static int get_ds(DcmItem *ds, const DcmTagKey &tag, double *v, int n)
+static int get_ds(DcmItem *ds, DcmElement *e, const DcmTagKey &tag, double *v, int n)
 {
-    for (int deep = 0; deep < 2; deep++) {
-        int ok = 1;
-        for (int i = 0; i < n && ok; i++) {
-            Float64 f;
-            if (ds->findAndGetFloat64(tag, f, (unsigned long)i, deep ? OFTrue : OFFalse).good())
-                v[i] = f;
-            else
-                ok = 0;
-        }
-        if (ok) return 1;
+    int ok = e != NULL;
+    for (int i = 0; i < n && ok; i++) {
+        Float64 f;
+        if (e->getFloat64(f, (unsigned long)i).good())
+            v[i] = f;
+        else
+            ok = 0;
     }
-    return 0;
+    if (ok) return 1;
+    for (int i = 0; i < n; i++) {
+        Float64 f;
+        if (ds->findAndGetFloat64(tag, f, (unsigned long)i, OFTrue).bad()) return 0;
+        v[i] = f;
+    }
+    return 1;
 }
 
 /* Fills out from a parsed data set; xfer is the transfer syntax UID. */
 static int fill_instance(DcmItem *ds, const char *xfer, ctg_instance *out, char *why, size_t n)
 {
+    DcmElement *at[A_COUNT];
+    index_attrs(ds, at);
     static const struct {
-        DcmTagKey tag;
+        int attr;
         const char *name;
         size_t off;
     } required[] = {
-        {DCM_SOPClassUID, "SOP Class UID (0008,0016)", offsetof(ctg_instance, sop_class)},
-        {DCM_SOPInstanceUID, "SOP Instance UID (0008,0018)", offsetof(ctg_instance, sop_uid)},
-        {DCM_StudyInstanceUID, "Study Instance UID (0020,000D)", offsetof(ctg_instance, study_uid)},
-        {DCM_SeriesInstanceUID, "Series Instance UID (0020,000E)", offsetof(ctg_instance, series_uid)},
+        {A_SOP_CLASS, "SOP Class UID (0008,0016)", offsetof(ctg_instance, sop_class)},
+        {A_SOP_UID, "SOP Instance UID (0008,0018)", offsetof(ctg_instance, sop_uid)},
+        {A_STUDY_UID, "Study Instance UID (0020,000D)", offsetof(ctg_instance, study_uid)},
+        {A_SERIES_UID, "Series Instance UID (0020,000E)", offsetof(ctg_instance, series_uid)},
     };
     for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
         char *dst = (char *)out + required[i].off;
-        get_str(ds, required[i].tag, dst, 65);
+        get_str(at[required[i].attr], dst, 65);
         if (!dst[0]) {
             snprintf(why, n, "missing %s", required[i].name);
             return CTG_EDICOM;
         }
     }
     OFStandard::strlcpy(out->transfer_syntax, xfer ? xfer : "", sizeof out->transfer_syntax);
-    get_str(ds, DCM_FrameOfReferenceUID, out->frame_of_ref_uid, sizeof out->frame_of_ref_uid);
-    get_str(ds, DCM_PatientID, out->patient_id, sizeof out->patient_id);
-    get_str(ds, DCM_PatientName, out->patient_name, sizeof out->patient_name);
-    get_str(ds, DCM_PatientBirthDate, out->patient_birth_date, sizeof out->patient_birth_date);
-    get_str(ds, DCM_PatientSex, out->patient_sex, sizeof out->patient_sex);
-    get_str(ds, DCM_StudyDate, out->study_date, sizeof out->study_date);
-    get_str(ds, DCM_StudyTime, out->study_time, sizeof out->study_time);
-    get_str(ds, DCM_AccessionNumber, out->accession, sizeof out->accession);
-    get_str(ds, DCM_StudyDescription, out->study_desc, sizeof out->study_desc);
-    get_str(ds, DCM_Modality, out->modality, sizeof out->modality);
-    get_str(ds, DCM_SeriesDescription, out->series_desc, sizeof out->series_desc);
-    get_str(ds, DCM_BodyPartExamined, out->body_part, sizeof out->body_part);
-    get_str(ds, DCM_ImageType, out->image_type, sizeof out->image_type);
-    out->series_number = get_int(ds, DCM_SeriesNumber, 0);
-    out->instance_number = get_int(ds, DCM_InstanceNumber, 0);
-    out->rows = get_int(ds, DCM_Rows, 0);
-    out->cols = get_int(ds, DCM_Columns, 0);
-    out->frames = get_int(ds, DCM_NumberOfFrames, ds->tagExists(DCM_PixelData) ? 1 : 0);
-    out->has_orientation = get_ds(ds, DCM_ImageOrientationPatient, out->orientation, 6);
-    out->has_position = get_ds(ds, DCM_ImagePositionPatient, out->position, 3);
-    out->has_spacing = get_ds(ds, DCM_PixelSpacing, out->pixel_spacing, 2);
+    get_str(at[A_FOR_UID], out->frame_of_ref_uid, sizeof out->frame_of_ref_uid);
+    get_str(at[A_PATIENT_ID], out->patient_id, sizeof out->patient_id);
+    get_str(at[A_PATIENT_NAME], out->patient_name, sizeof out->patient_name);
+    get_str(at[A_BIRTH_DATE], out->patient_birth_date, sizeof out->patient_birth_date);
+    get_str(at[A_SEX], out->patient_sex, sizeof out->patient_sex);
+    get_str(at[A_STUDY_DATE], out->study_date, sizeof out->study_date);
+    get_str(at[A_STUDY_TIME], out->study_time, sizeof out->study_time);
+    get_str(at[A_ACCESSION], out->accession, sizeof out->accession);
+    get_str(at[A_STUDY_DESC], out->study_desc, sizeof out->study_desc);
+    get_str(at[A_MODALITY], out->modality, sizeof out->modality);
+    get_str(at[A_SERIES_DESC], out->series_desc, sizeof out->series_desc);
+    get_str(at[A_BODY_PART], out->body_part, sizeof out->body_part);
+    get_str(at[A_IMAGE_TYPE], out->image_type, sizeof out->image_type);
+    out->series_number = get_int(at[A_SERIES_NUMBER], 0);
+    out->instance_number = get_int(at[A_INSTANCE_NUMBER], 0);
+    out->rows = get_int(at[A_ROWS], 0);
+    out->cols = get_int(at[A_COLS], 0);
+    out->frames = get_int(at[A_FRAMES], at[A_PIXEL_DATA] ? 1 : 0);
+    out->has_orientation =
+        get_ds(ds, at[A_ORIENTATION], DCM_ImageOrientationPatient, out->orientation, 6);
+    out->has_position = get_ds(ds, at[A_POSITION], DCM_ImagePositionPatient, out->position, 3);
+    out->has_spacing = get_ds(ds, at[A_SPACING], DCM_PixelSpacing, out->pixel_spacing, 2);
     double t;
-    out->slice_thickness = get_ds(ds, DCM_SliceThickness, &t, 1) ? t : 0;
+    out->slice_thickness = get_ds(ds, at[A_THICKNESS], DCM_SliceThickness, &t, 1) ? t : 0;
     return 0;
 }
 
@@ -153,7 +195,9 @@ int dcm_read_instance(const char *path, ctg_instance *out, char *why, size_t n)
         return CTG_EDICOM;
     }
     char xfer[65];
-    get_str(ff.getMetaInfo(), DCM_TransferSyntaxUID, xfer, sizeof xfer);
+    DcmElement *ts = NULL;
+    ff.getMetaInfo()->findAndGetElement(DCM_TransferSyntaxUID, ts);
+    get_str(ts, xfer, sizeof xfer);
     return fill_instance(ff.getDataset(), xfer, out, why, n);
 }
 

@@ -177,6 +177,17 @@ void st__release(sqlite3_stmt *stmt)
     sqlite3_clear_bindings(stmt);
 }
 
+int st__run(st_store *st, const char *sql)
+{
+    sqlite3_stmt *s;
+    if (st__cached(st, sql, &s) < 0) return CTG_EDB;
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW) return 0;
+    log_error("store: %s: %s", sql, sqlite3_errmsg(st->db));
+    return CTG_EDB;
+}
+
 static int get_user_version(st_store *st, int *v)
 {
     sqlite3_stmt *s;

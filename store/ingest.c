@@ -379,23 +379,30 @@ static int index_one(st_store *st, gc_req *g)
 }
 
 /* One transaction for a batch; a savepoint per instance keeps one bad row
- * from failing the others. */
+ * from failing the others (a batch of one needs none: its failure rolls
+ * the transaction back).  The statements are prepared once. */
 static void run_batch(st_store *st, gc_req *batch)
 {
     pthread_mutex_lock(&st->lock);
-    int r = st__exec(st, "BEGIN IMMEDIATE");
+    int r = st__run(st, "BEGIN IMMEDIATE"), failed = 0;
+    int alone = batch && !batch->next;
     for (gc_req *g = batch; g; g = g->next) {
         if (r < 0) {
             g->r = r;
             continue;
         }
-        if ((g->r = st__exec(st, "SAVEPOINT one")) < 0) continue;
-        if ((g->r = index_one(st, g)) < 0)
-            st__exec(st, "ROLLBACK TO one");
-        st__exec(st, "RELEASE one");
+        if (alone) {
+            if ((g->r = index_one(st, g)) < 0) failed = 1;
+            continue;
+        }
+        if ((g->r = st__run(st, "SAVEPOINT one")) < 0) continue;
+        if ((g->r = index_one(st, g)) < 0) st__run(st, "ROLLBACK TO one");
+        st__run(st, "RELEASE one");
     }
-    if (r == 0 && (r = st__exec(st, "COMMIT")) < 0) {
-        st__exec(st, "ROLLBACK");
+    if (r == 0 && failed) {
+        st__run(st, "ROLLBACK");
+    } else if (r == 0 && (r = st__run(st, "COMMIT")) < 0) {
+        st__run(st, "ROLLBACK");
         for (gc_req *g = batch; g; g = g->next) g->r = r;
     }
     pthread_mutex_unlock(&st->lock);

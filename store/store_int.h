@@ -49,6 +49,10 @@ int st__prepare(st_store *st, const char *sql, sqlite3_stmt **stmt);
  * st__release(), never sqlite3_finalize().  Caller holds the lock. */
 int st__cached(st_store *st, const char *sql, sqlite3_stmt **stmt);
 void st__release(sqlite3_stmt *stmt);
+/* Runs a cached statement without parameters or results (BEGIN, COMMIT,
+ * SAVEPOINT ...): no SQL parsing per call as with st__exec().  Logs and
+ * returns CTG_EDB on failure.  Caller holds the lock. */
+int st__run(st_store *st, const char *sql);
 /* Logs the connection's current error with the operation name. */
 int st__dberr(st_store *st, const char *what);
 

@@ -142,7 +142,15 @@ static int test_parse_matches_file(void)
         CHECK(data_offset_of(file, len) > 144);
         ctg_instance ref, got;
         CHECK_EQ_INT(dcm_read_instance(path, &ref, why, sizeof why), 0);
-        CHECK(ref.rows == 512 && ref.has_position && ref.frames == 1);
+        /* What the fixture holds (dcmdump): a 512x512 axial CT slice. */
+        CHECK(ref.rows == 512 && ref.cols == 512 && ref.frames == 1);
+        CHECK(!strcmp(ref.sop_class, "1.2.840.10008.5.1.4.1.1.2") && !strcmp(ref.modality, "CT"));
+        CHECK(!strncmp(ref.study_uid, "2.25.", 5) && ref.patient_name[0] == 0);
+        CHECK(ref.has_spacing && ref.pixel_spacing[0] == 0.9765625 && ref.pixel_spacing[1] == 0.9765625);
+        CHECK(ref.has_orientation && ref.orientation[0] == 1 && ref.orientation[4] == 1 &&
+              ref.orientation[1] == 0);
+        CHECK(ref.has_position && ref.position[0] == -249.51171875 && ref.slice_thickness > 0);
+        CHECK(!strcmp(ref.image_type, "ORIGINAL\\PRIMARY\\AXIAL\\CT_SOM5 SPI"));
 
         /* Everything in memory; only the start (so the pixel data and what
          * follows are read from the file, or skipped); start and end; the
