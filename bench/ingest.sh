@@ -71,17 +71,12 @@ case "${BENCH_TCP_NODELAY:-1}" in
 esac
 
 W=$(mktemp -d "$B/bench-ingest.XXXXXX")
-# Every run stores on fresh, empty storage under $W/store and deletes it
-# afterwards, so each run creates its ~640 files seconds after the previous
-# run deleted as many.  On ext4 without a journal (as on the project's VMs)
-# the inode allocator then steps over each recently deleted inode one by one
-# (ext4's recently_deleted() check, 1-5 minutes after a delete), which made
-# file creation quadratic and cost every receiver alike 10-20 % of its CPU
-# in perf profiles: a property of the benchmark's own clean-up, not of a
-# receiver.  The Orlov "top directory" flag on $W/store spreads each run's
-# folder over another block group, away from the last run's inodes.  Where
-# chattr or the flag is not supported nothing changes.
-mkdir -p "$W/store"
+mkdir -p "$W/store" "$W/done"
+# Each run's storage is a new folder under $W/store.  The Orlov "top
+# directory" flag spreads such folders over the file system's block groups
+# (best effort: ignored where chattr or the flag is not supported), away
+# from inodes that other work on this disk deleted in the last minutes;
+# see retire() for why that matters.
 chattr +T "$W/store" 2>/dev/null || true
 PIDS=()                      # every process started in the background
 
@@ -92,7 +87,7 @@ cleanup() {
         echo "bench: work folder kept: $W" >&2
     elif [ "$rc" != 0 ]; then
         # keep logs and configs to look at, not the bulk data (hundreds of MB)
-        rm -rf "$W/in" "$W/store"
+        rm -rf "$W/in" "$W/store" "$W/done"
         echo "bench: logs and configs kept in $W" >&2
     else
         rm -rf "$W"
@@ -332,16 +327,47 @@ run_case() {
     t=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
     RUNS[$recv,$nassoc]="${RUNS[$recv,$nassoc]:-}${RUNS[$recv,$nassoc]:+ }$t"
     say "run $rep/$REPEAT: $recv, $nassoc association(s): $N instances in $t s, all stored"
-    rm -rf "$W/store/$recv"
+    retire "$W/store/$recv" "$recv.$nassoc.$rep"
 }
 
+# retire DIR NAME : a finished run's storage leaves the way of the next run.
+# Deleting it at once would make the next run slower than its receiver is:
+# on ext4 without a journal (the project's VMs) the inode allocator steps
+# over every inode deleted in the last minutes one by one (ext4's
+# recently_deleted()), so the run after a delete of ~1300 files and
+# folders paid 10-40 % more CPU in perf profiles, for whichever receiver
+# came next (Orthanc spreads its files over hundreds of folders, so the
+# run after Orthanc's suffered most).  Kept, its page cache still has to
+# go, or the next run writes into memory the VM has not touched yet (much
+# slower).  So: written back, dropped from the cache, and deleted with the
+# work folder at the end.  Without room for all runs (KEEP_BYTES) it is
+# deleted at once, as before, and the report says so.
+RETIRE_DELETES=0
+retire() {
+    local dir=$1 name=$2
+    if [ "$RETIRE_DELETES" = 1 ]; then rm -rf "$dir"; return; fi
+    mv "$dir" "$W/done/$name"
+    sync
+    find "$W/done/$name" -type f -exec dd if={} iflag=nocache count=0 status=none \;
+}
+
+# Room to keep every run's storage (with 10 % and 1 GiB to spare)?
+KEEP_BYTES=$(( REPEAT * 2 * ${#RECEIVERS[@]} * BYTES * 11 / 10 + (1 << 30) ))
+if [ "$(df -P -B1 "$W" | awk 'NR == 2 {print $4}')" -lt "$KEEP_BYTES" ]; then
+    RETIRE_DELETES=1
+    say "less than $((KEEP_BYTES >> 20)) MiB free under $W: each run's storage is deleted right after it"
+fi
 say "TCP_NODELAY=${TCP_NODELAY:-unset} in storescu, storescp and Orthanc (BENCH_TCP_NODELAY)"
 # Runs of a few seconds on a small shared machine are noisy: every case runs
 # REPEAT times, interleaved (so a slow minute hits all receivers alike), and
 # the table shows the median.
+# The order of the receivers turns by one each repetition, so that none is
+# always the one that runs right after another's clean-up.
 for rep in $(seq 1 "$REPEAT"); do
+    k=$(( (rep - 1) % ${#RECEIVERS[@]} ))
+    ORDER=("${RECEIVERS[@]:k}" "${RECEIVERS[@]:0:k}")
     for nassoc in 1 "$NASSOC"; do
-        for recv in "${RECEIVERS[@]}"; do
+        for recv in "${ORDER[@]}"; do
             run_case "$recv" "$nassoc"
         done
     done
@@ -379,6 +405,11 @@ echo "notes:"
 echo "  - ctglipd fsyncs every file and its directory and commits its SQLite index"
 echo "    (synchronous=FULL) before each C-STORE response; storescp writes files"
 echo "    WITHOUT fsync (page cache only); Orthanc fsyncs (SyncStorageArea=true)."
+if [ "$RETIRE_DELETES" = 1 ]; then
+    echo "  - each run's storage was deleted right after it (too little free space to keep"
+    echo "    them): on ext4 without a journal the next run then pays for stepping over"
+    echo "    the deleted inodes (see retire() in bench/ingest.sh)."
+fi
 echo "  - all receivers accept 131072-byte PDUs; storescp runs with --fork and"
 echo "    Orthanc with DicomThreadsCount=8 so all $NASSOC associations run at once."
 if [ -n "${TCP_NODELAY:-}" ]; then

@@ -143,9 +143,10 @@ int ctg_config_destination_names(const ctg_config *cfg, const char **names, int 
 typedef struct ctg_ingest ctg_ingest;
 
 /* on_arrival is called (from association threads) after a new or changed
- * instance was committed, to re-arm the completion timer. */
+ * instance was committed, with the earliest time its study can now be
+ * complete, to re-arm the completion timer. */
 int ctg_ingest_new(const ctg_config *cfg, st_store *st,
-                   void (*on_arrival)(void *), void *ud, ctg_ingest **out);
+                   void (*on_arrival)(void *, double), void *ud, ctg_ingest **out);
 void ctg_ingest_free(ctg_ingest *ing);
 /* The hooks to hand to dcm_scp_start(). */
 void ctg_ingest_hooks(ctg_ingest *ing, dcm_scp_hooks *hooks);

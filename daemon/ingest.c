@@ -19,7 +19,7 @@ struct ctg_ingest {
     pthread_rwlock_t lock;
     ctg_config cfg; /* reloadable fields are refreshed by reconfigure() */
     st_store *st;
-    void (*on_arrival)(void *);
+    void (*on_arrival)(void *, double);
     void *ud;
 
     pthread_mutex_t count_lock;
@@ -30,7 +30,7 @@ struct ctg_ingest {
     } per_ae[MAX_TRACKED];
 };
 
-int ctg_ingest_new(const ctg_config *cfg, st_store *st, void (*on_arrival)(void *),
+int ctg_ingest_new(const ctg_config *cfg, st_store *st, void (*on_arrival)(void *, double),
                    void *ud, ctg_ingest **out)
 {
     ctg_ingest *ing = calloc(1, sizeof *ing);
@@ -254,13 +254,13 @@ static unsigned store_end(void *ud, const dcm_assoc_info *a, const ctg_instance 
                  res.version);
         log_warn("ingest: %s from %s differs from the copy already held; stored as version %d",
                  inst->sop_uid, a->calling_ae, res.version);
-        if (ing->on_arrival && !sr) ing->on_arrival(ing->ud);
+        if (ing->on_arrival && !sr) ing->on_arrival(ing->ud, q.now + q.stable_seconds);
         return DCM_STATUS_WARN_COERCION;
     default:
         log_debug("ingest: stored %s (%llu bytes) from %s", res.path,
                   (unsigned long long)size, a->calling_ae);
         /* An SR changed no study's deadline: nothing to re-arm. */
-        if (ing->on_arrival && !sr) ing->on_arrival(ing->ud);
+        if (ing->on_arrival && !sr) ing->on_arrival(ing->ud, q.now + q.stable_seconds);
         return DCM_STATUS_SUCCESS;
     }
 }

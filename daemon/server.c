@@ -6,8 +6,9 @@
  * of incoming reports (a timer here, its passes on libuv's thread pool).
  *
  * Threading: everything in this file runs on the loop thread, except
- * on_arrival(), which association threads call; it only does
- * uv_async_send(), the one libuv call that is safe from other threads.
+ * on_arrival(), which association threads call; it compares under arm_mu
+ * and at most does uv_async_send(), the one libuv call that is safe from
+ * other threads.
  *
  * Start-up order: store, lease recovery, exporter, workers, SCP, HTTP,
  * the report poller, then READY=1.  Shutdown (SIGTERM/SIGINT): stop accepting, wait up to
@@ -18,6 +19,8 @@
  */
 #include "daemon.h"
 
+#include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +35,14 @@ typedef struct server {
     uv_loop_t loop;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_async_t arrival;
+    /* The deadline the completion timer is armed for (INFINITY: none), so
+     * that an arrival only wakes the loop when it may bring an earlier
+     * one.  arm_completion() reads the index and sets it under arm_mu; an
+     * arrival, already committed, compares under arm_mu.  Either the read
+     * saw the arrival, or the comparison sees the new value: a study is
+     * never left without a timer. */
+    pthread_mutex_t arm_mu;
+    double armed;
     uv_timer_t complete_timer, recover_timer, drain_timer;
     ctg_config *cfg;
     st_store *st;
@@ -64,7 +75,10 @@ static void arm_completion(server *s)
 {
     if (s->stopping) return;
     double deadline;
+    pthread_mutex_lock(&s->arm_mu);
     int r = st_next_deadline(s->st, &deadline);
+    s->armed = r < 0 ? ctg_now() + 5 : r == 0 ? INFINITY : deadline;
+    pthread_mutex_unlock(&s->arm_mu);
     if (r < 0) {
         log_error("server: reading study deadlines failed; retrying in 5 s");
         uv_timer_start(&s->complete_timer, on_complete_timer, 5000, 0);
@@ -81,10 +95,17 @@ static void arm_completion(server *s)
 
 static void on_arrival_async(uv_async_t *a) { arm_completion(a->data); }
 
-static void on_arrival(void *ud)
+/* deadline: the earliest the arrival's study can now complete.  Most
+ * arrivals extend a study already further away than the armed deadline
+ * and cost the loop nothing. */
+static void on_arrival(void *ud, double deadline)
 {
     server *s = ud;
-    uv_async_send(&s->arrival);
+    pthread_mutex_lock(&s->arm_mu);
+    int wake = deadline < s->armed;
+    if (wake) s->armed = deadline; /* later ones wait for the re-arm */
+    pthread_mutex_unlock(&s->arm_mu);
+    if (wake) uv_async_send(&s->arrival);
 }
 
 /* ---- job leases ---------------------------------------------------------------- */
@@ -244,6 +265,8 @@ int ctg_server_run(ctg_config *cfg)
     int r, status = 1;
     memset(s, 0, sizeof *s);
     s->cfg = cfg;
+    pthread_mutex_init(&s->arm_mu, NULL);
+    s->armed = INFINITY;
     s->pol.max_attempts = cfg->max_attempts;
     s->pol.base_seconds = cfg->retry_base_seconds;
     s->pol.max_seconds = cfg->retry_max_seconds;
