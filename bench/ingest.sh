@@ -39,6 +39,8 @@
 #                        0: DCMTK's defaults everywhere (out-of-the-box peers).
 #   BENCH_REPEAT=3       runs of each case; the table shows the median
 #   BENCH_KEEP=1         keep the work folder (logs, configs, files).
+#   BENCH_RECEIVERS="ctglipd storescp orthanc"  the receivers to run (a
+#                        subset for experiments; the ratios need all three)
 #   BENCH_PRELOAD=LIB    LD_PRELOAD for ctglipd only, for experiments (e.g. a
 #                        library whose fsync() returns at once shows what the
 #                        durable writes cost; never a number to report).
@@ -294,7 +296,7 @@ count_orthanc() {
 # One measurement: fresh receiver, send, time, verify, stop, wipe.
 
 declare -A RUNS SECS         # RUNS[recv,nassoc]: every run's seconds
-RECEIVERS=(ctglipd storescp orthanc)
+RECEIVERS=(${BENCH_RECEIVERS:-ctglipd storescp orthanc})
 
 run_case() {
     local recv=$1 nassoc=$2 log=$W/storescu.$1.$2 t0 t1 t rc=0 got a
@@ -396,8 +398,11 @@ done
 echo
 echo "throughput ratios (higher = ctglipd faster):"
 for nassoc in 1 "$NASSOC"; do
-    awk -v a="$nassoc" -v c="${SECS[ctglipd,$nassoc]}" -v s="${SECS[storescp,$nassoc]}" -v o="${SECS[orthanc,$nassoc]}" \
-        'BEGIN {printf "  %d assoc: ctglipd/storescp %.2fx   ctglipd/Orthanc %.2fx\n", a, s / c, o / c}'
+    # a receiver left out (BENCH_RECEIVERS) has no ratio
+    awk -v a="$nassoc" -v c="${SECS[ctglipd,$nassoc]:-}" -v s="${SECS[storescp,$nassoc]:-}" \
+        -v o="${SECS[orthanc,$nassoc]:-}" \
+        'function r(x) { return (x != "" && c != "") ? sprintf("%.2fx", x / c) : "-" }
+         BEGIN {printf "  %d assoc: ctglipd/storescp %s   ctglipd/Orthanc %s\n", a, r(s), r(o)}'
 done
 echo
 echo "goal: on $NASSOC associations ctglipd >= 1.0x storescp and >= 2x Orthanc."
