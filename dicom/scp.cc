@@ -92,11 +92,10 @@ struct RxBuffers {
 };
 
 /* Writes the file through a ctg_fwriter, keeps its first bytes for the
- * header parse, notes where the
- * data set starts (after the meta header) and refuses to grow past a cap.
- * A failed write makes the stream bad, which makes DIMSE_receiveDataSetInFile
- * drain the rest of the data set and return an error, leaving the
- * association usable for the response. */
+ * header parse, notes where the data set starts (after the meta header) and
+ * refuses to grow past a cap.  A failed write makes the stream bad, which
+ * makes DIMSE_receiveDataSetInFile drain the rest of the data set and
+ * return an error, leaving the association usable for the response. */
 class SpoolConsumer : public DcmConsumer {
   public:
     SpoolConsumer(int fd, uint64_t cap, RxBuffers *rx) : cap_(cap), rx_(rx)
