@@ -484,6 +484,38 @@ struct assoc_job {
     int tls;
 };
 
+/* DCMTK as Debian builds it leaves Nagle's algorithm on.  A C-STORE
+ * response is a small write after the data set's last PDV, so Nagle plus the
+ * peer's delayed ACK would add ~40 ms to every instance. */
+struct SocketOf : DcmTransportConnection {
+    /* getSocket() is protected; naming it through a derived class yields a
+     * member pointer that any DcmTransportConnection can be called with. */
+    static DcmNativeSocketType get(DcmTransportConnection *c)
+    {
+        return (c->*(&SocketOf::getSocket))();
+    }
+};
+
+static int socket_of(T_ASC_Association *assoc)
+{
+    PRIVATE_ASSOCIATIONKEY *key = (PRIVATE_ASSOCIATIONKEY *)assoc->DULassociation;
+    if (!key || !key->connection) return -1;
+    return SocketOf::get(key->connection);
+}
+
+/* Sends an A-ABORT and closes.  DCMTK then waits for the peer to close
+ * the connection (reading and discarding what it still sends), which a hung
+ * peer never does: the association, and its slot in the per-AE and global
+ * limits, would stay for another socket timeout.  Every abort here gives up
+ * on the peer, so the read side is shut first: the wait ends at the end of
+ * what is already buffered. */
+static void abort_assoc(T_ASC_Association *assoc)
+{
+    int fd = socket_of(assoc);
+    if (fd >= 0) shutdown(fd, SHUT_RD);
+    ASC_abortAssociation(assoc);
+}
+
 static void run_association(dcm_scp *scp, T_ASC_Association *assoc,
                             dcm_assoc_info *ai)
 {
@@ -498,7 +530,7 @@ static void run_association(dcm_scp *scp, T_ASC_Association *assoc,
         if (scp->abort_all.load()) {
             log_warn("scp[%u]: aborting association with %s (shutdown)", ai->id,
                      ai->calling_ae);
-            ASC_abortAssociation(assoc);
+            abort_assoc(assoc);
             return;
         }
         /* Poll once a second so shutdown and the idle limit are noticed. */
@@ -508,7 +540,7 @@ static void run_association(dcm_scp *scp, T_ASC_Association *assoc,
             if (idle >= scp->idle_timeout.load()) {
                 log_warn("scp[%u]: %s idle for %.0f s, aborting", ai->id,
                          ai->calling_ae, idle);
-                ASC_abortAssociation(assoc);
+                abort_assoc(assoc);
                 return;
             }
             continue;
@@ -530,7 +562,7 @@ static void run_association(dcm_scp *scp, T_ASC_Association *assoc,
         if (c.bad()) {
             log_warn("scp[%u]: receiving command from %s failed, aborting: %s",
                      ai->id, ai->calling_ae, DimseCondition::dump(s, c).c_str());
-            ASC_abortAssociation(assoc);
+            abort_assoc(assoc);
             return;
         }
         switch (msg.CommandField) {
@@ -551,29 +583,10 @@ static void run_association(dcm_scp *scp, T_ASC_Association *assoc,
         if (c.bad()) {
             log_warn("scp[%u]: DIMSE failure with %s, aborting: %s", ai->id,
                      ai->calling_ae, DimseCondition::dump(s, c).c_str());
-            ASC_abortAssociation(assoc);
+            abort_assoc(assoc);
             return;
         }
     }
-}
-
-/* DCMTK as Debian builds it leaves Nagle's algorithm on.  A C-STORE
- * response is a small write after the data set's last PDV, so Nagle plus the
- * peer's delayed ACK would add ~40 ms to every instance. */
-struct SocketOf : DcmTransportConnection {
-    /* getSocket() is protected; naming it through a derived class yields a
-     * member pointer that any DcmTransportConnection can be called with. */
-    static DcmNativeSocketType get(DcmTransportConnection *c)
-    {
-        return (c->*(&SocketOf::getSocket))();
-    }
-};
-
-static int socket_of(T_ASC_Association *assoc)
-{
-    PRIVATE_ASSOCIATIONKEY *key = (PRIVATE_ASSOCIATIONKEY *)assoc->DULassociation;
-    if (!key || !key->connection) return -1;
-    return SocketOf::get(key->connection);
 }
 
 /* Registers a running association's socket; with shutdown already under
