@@ -296,6 +296,17 @@ count_orthanc() {
 # One measurement: fresh receiver, send, time, verify, stop, wipe.
 
 declare -A RUNS SECS         # RUNS[recv,nassoc]: every run's seconds
+declare -A CPUS CPU          # CPUS[recv,nassoc]: every run's busy CPU ms/instance
+
+# Busy CPU time of the whole machine so far, in ms (user, nice, system, irq
+# and softirq from /proc/stat; idle, iowait and steal left out).  Over a run
+# it counts the receiver and the storescu senders together: the senders'
+# share is the same for every receiver, so the difference between two
+# receivers is theirs.  It varies less than wall time on a shared VM, where
+# a run can also wait on a slow disk or a busy host.
+busy_ms() {
+    awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.0f", ($2 + $3 + $4 + $7 + $8) * 1000 / hz}' /proc/stat
+}
 RECEIVERS=(${BENCH_RECEIVERS:-ctglipd storescp orthanc})
 
 run_case() {
@@ -308,6 +319,7 @@ run_case() {
     # common storescu arguments: calling/called AE, no per-file output
     local scu=(storescu -aet "$SCU_AET" -aec "$SAET" 127.0.0.1 "$SPORT")
     local pids=()
+    c0=$(busy_ms)
     t0=$(date +%s.%N)
     if [ "$nassoc" = 1 ]; then
         # one storescu, one association, all files
@@ -320,6 +332,7 @@ run_case() {
         for a in "${pids[@]}"; do wait "$a" || rc=$?; forget "$a"; done
     fi
     t1=$(date +%s.%N)
+    c1=$(busy_ms)
     [ "$rc" = 0 ] || die "storescu to $recv ($nassoc assoc.) exited $rc: $(cat "$log".* | tail -n 20)"
     got=$("count_$recv") || got=?
     stop "$SPID"
@@ -328,6 +341,7 @@ run_case() {
     if grep -q . "$log".*; then say "storescu to $recv ($nassoc assoc.) said:"; cat "$log".* | head -n 10 >&2; fi
     t=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
     RUNS[$recv,$nassoc]="${RUNS[$recv,$nassoc]:-}${RUNS[$recv,$nassoc]:+ }$t"
+    CPUS[$recv,$nassoc]="${CPUS[$recv,$nassoc]:-}${CPUS[$recv,$nassoc]:+ }$(awk -v c=$((c1 - c0)) -v n="$N" 'BEGIN {printf "%.2f", c / n}')"
     say "run $rep/$REPEAT: $recv, $nassoc association(s): $N instances in $t s, all stored"
     retire "$W/store/$recv" "$recv.$nassoc.$rep"
 }
@@ -374,9 +388,11 @@ for rep in $(seq 1 "$REPEAT"); do
         done
     done
 done
+median() { tr ' ' '\n' <<< "$1" | sort -g |
+    awk '{v[NR] = $1} END {printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 for k in "${!RUNS[@]}"; do
-    SECS[$k]=$(tr ' ' '\n' <<< "${RUNS[$k]}" | sort -g |
-        awk '{v[NR] = $1} END {printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}')
+    SECS[$k]=$(median "${RUNS[$k]}")
+    CPU[$k]=$(median "${CPUS[$k]}")
 done
 
 # --------------------------------------------------------------------------
@@ -387,14 +403,16 @@ echo "ctglip ingest benchmark: $N CT instances (512x512, 16 bit), $(awk -v b="$B
 echo "machine: $(nproc) CPU(s), $(uname -r); work folder on $(df -P "$W" | awk 'NR == 2 {print $1}')"
 echo "seconds: median of $REPEAT runs (all runs in the last column)"
 echo
-printf '%-10s %6s %10s %9s %12s %9s   %s\n' receiver assoc instances seconds instances/s MB/s runs
+printf '%-10s %6s %10s %9s %12s %9s %9s   %s\n' receiver assoc instances seconds instances/s MB/s cpu-ms/i runs
 for nassoc in 1 "$NASSOC"; do
     for recv in "${RECEIVERS[@]}"; do
         awk -v r="$recv" -v a="$nassoc" -v n="$N" -v s="${SECS[$recv,$nassoc]}" -v b="$BYTES" \
-            -v all="${RUNS[$recv,$nassoc]}" \
-            'BEGIN {printf "%-10s %6d %10d %9.2f %12.1f %9.1f   %s\n", r, a, n, s, n / s, b / 1e6 / s, all}'
+            -v c="${CPU[$recv,$nassoc]}" -v all="${RUNS[$recv,$nassoc]}" \
+            'BEGIN {printf "%-10s %6d %10d %9.2f %12.1f %9.1f %9.2f   %s\n", r, a, n, s, n / s, b / 1e6 / s, c, all}'
     done
 done
+echo "cpu-ms/i: busy CPU of the whole machine per instance (receiver and storescu"
+echo "senders together; the senders' share is the same for every receiver), median."
 echo
 echo "throughput ratios (higher = ctglipd faster):"
 for nassoc in 1 "$NASSOC"; do
