@@ -149,3 +149,30 @@ indexed_data_sha() {
     [ -n "$row" ] || { echo "no index row"; return 0; }
     tail -c +$(( ${row#*|} + 1 )) "$T/spool/${row%|*}" | sha256sum | cut -d' ' -f1
 }
+
+# has_part : the daemon holds a temp file, i.e. is inside a C-STORE whose
+# data set it has not received in full.
+has_part() { compgen -G "$T/spool/.tmp/*.part" > /dev/null; }
+
+# freeze_in_cstore PID : stops the sender PID (SIGSTOP) while the daemon is
+# inside one of its C-STOREs.  Waits for a temp file, stops the sender, and
+# keeps it stopped only if the temp file is still there after 50 ms (the
+# daemon then waits for the rest of a data set); else lets it go on and
+# tries again, up to 100 times within 60 s.  FROZE_AT: the try that caught it.
+freeze_in_cstore() {
+    local pid=$1 limit=$((SECONDS + 60)) try
+    for try in $(seq 1 100); do
+        until has_part; do
+            kill -0 "$pid" 2>/dev/null || fail "the sender ended before it was caught inside a C-STORE"
+            [ "$SECONDS" -le "$limit" ] || fail "no C-STORE in progress for 60 s"
+        done
+        kill -STOP "$pid" 2>/dev/null || fail "the sender ended before it was caught inside a C-STORE"
+        sleep 0.05
+        if has_part; then
+            FROZE_AT=$try
+            return 0
+        fi
+        kill -CONT "$pid" 2>/dev/null || true
+    done
+    fail "never caught the daemon inside a C-STORE"
+}

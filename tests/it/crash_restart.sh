@@ -37,24 +37,10 @@ while [ "$(acked_count)" -lt "$KILL_AT" ]; do
     [ "$(date +%s)" -le "$end" ] || fail "no $KILL_AT acknowledgements within 60 s"
     sleep 0.01
 done
-# Freeze the sender while the daemon holds a temp file, and keep it frozen
-# if the temp file stays: then the daemon is waiting for the rest of a data
-# set, and the kill lands inside a C-STORE.
-has_part() { compgen -G "$T/spool/.tmp/*.part" > /dev/null; }
-caught=
-limit=$((SECONDS + 60))
-for try in $(seq 1 100); do
-    until has_part; do
-        kill -0 "$SPID" 2>/dev/null || fail "storescu ended before the daemon was caught inside a C-STORE"
-        [ "$SECONDS" -le "$limit" ] || fail "no C-STORE in progress for 60 s"
-    done
-    kill -STOP "$SPID" 2>/dev/null || fail "storescu ended before the daemon was caught inside a C-STORE"
-    sleep 0.05
-    if has_part; then caught=1; break; fi
-    kill -CONT "$SPID" 2>/dev/null || true
-done
-[ -n "$caught" ] || fail "never caught the daemon inside a C-STORE"
-note "caught inside a C-STORE at try $try"
+# Freeze the sender while the daemon holds a temp file, so that the kill
+# lands inside a C-STORE.
+freeze_in_cstore "$SPID"
+note "caught inside a C-STORE at try $FROZE_AT"
 kill -9 "$DPID"
 wait "$DPID" 2>/dev/null || true
 DPID=

@@ -24,23 +24,10 @@ note "sending, then freezing the sender inside a C-STORE"
 TCP_BUFFER_LENGTH=65536 storescu -v -aec "$AET" -aet STALLER 127.0.0.1 "$PORT" "${files[@]}" \
     > /dev/null 2> "$T/storescu1.log" &
 SPID=$!
-has_part() { compgen -G "$T/spool/.tmp/*.part" > /dev/null; }
-caught=
-limit=$((SECONDS + 60))
-for try in $(seq 1 100); do
-    until has_part; do
-        kill -0 "$SPID" 2>/dev/null || fail "storescu ended before it was caught inside a C-STORE"
-        [ "$SECONDS" -le "$limit" ] || fail "no C-STORE in progress for 60 s"
-    done
-    kill -STOP "$SPID" 2>/dev/null || fail "storescu ended before it was caught inside a C-STORE"
-    sleep 0.05
-    if has_part; then caught=1; break; fi
-    kill -CONT "$SPID" 2>/dev/null || true
-done
-[ -n "$caught" ] || fail "never caught the daemon inside a C-STORE"
+freeze_in_cstore "$SPID"
 t0=$SECONDS
 acked=$(grep -c 'Received Store Response (Success)' "$T/storescu1.log" || true)
-note "frozen at try $try after $acked acknowledgements"
+note "frozen at try $FROZE_AT after $acked acknowledgements"
 [ "$acked" -lt "$N" ] || fail "everything was acknowledged before the freeze"
 
 # The slot is taken: a second association of STALLER is refused as busy.
