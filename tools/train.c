@@ -503,6 +503,34 @@ static int net_sync_host(run *r, int all)
     return dev_rc(r, cu_model_download(r->g, all), "downloading the parameters");
 }
 
+/* The buffers of one contrastive loss: `rows` image rows (embeddings and
+ * their gradients) against `ncols` text columns (raw and projected text
+ * embeddings, gradients, norms, the column descriptions) and the rows x
+ * columns mask.  The OT/CLIP step and AT each size their own. */
+typedef struct text_bufs {
+    float *img, *dimg, *raw, *txt, *dtxt, *nrm;
+    uint8_t *mask;
+    glp_text *cols;
+} text_bufs;
+
+static void text_bufs_alloc(text_bufs *b, int rows, int ncols, int E, int TD)
+{
+    b->img = xmalloc(sizeof(float) * (size_t)rows * E);
+    b->dimg = xmalloc(sizeof(float) * (size_t)rows * E);
+    b->raw = xmalloc(sizeof(float) * (size_t)ncols * TD);
+    b->txt = xmalloc(sizeof(float) * (size_t)ncols * E);
+    b->dtxt = xmalloc(sizeof(float) * (size_t)ncols * E);
+    b->nrm = xmalloc(sizeof(float) * (size_t)ncols);
+    b->mask = xmalloc((size_t)rows * (size_t)ncols);
+    b->cols = xmalloc(sizeof *b->cols * (size_t)ncols);
+}
+
+static void text_bufs_free(text_bufs *b)
+{
+    free(b->img), free(b->dimg), free(b->raw), free(b->txt), free(b->dtxt), free(b->nrm);
+    free(b->mask), free(b->cols);
+}
+
 /* AT (eq. 3) for the nr organ rows of a step (row i: sample rb[i], class
  * rc_[i], embedding rimg[i]); adds its gradient into dimg.  Row i's
  * positive is one of its organ's findings in the case (a seeded pick) or
@@ -577,14 +605,12 @@ static int at_loss(run *r, const td_case **cb, const double (*win)[6], td_rng *r
         return 0;
     }
     int *src = xmalloc(sizeof(int) * (size_t)nt);
-    float *img = xmalloc(sizeof(float) * (size_t)nt * E);
-    float *dim_ = xmalloc(sizeof(float) * (size_t)nt * E);
-    float *raw = xmalloc(sizeof(float) * (size_t)m * TD);
-    float *txt = xmalloc(sizeof(float) * (size_t)m * E);
-    float *dtxt = xmalloc(sizeof(float) * (size_t)m * E);
-    float *nrm = xmalloc(sizeof(float) * (size_t)m);
-    uint8_t *mask = xmalloc((size_t)nt * (size_t)m);
-    glp_text *cols = xmalloc(sizeof *cols * (size_t)m);
+    text_bufs tb;
+    text_bufs_alloc(&tb, nt, m, E, TD);
+    float *img = tb.img, *dim_ = tb.dimg, *raw = tb.raw, *txt = tb.txt, *dtxt = tb.dtxt;
+    float *nrm = tb.nrm;
+    uint8_t *mask = tb.mask;
+    glp_text *cols = tb.cols;
     int t = 0;
     for (int u = 0; u < nuse; u++) {
         int i = use[u];
@@ -615,9 +641,8 @@ static int at_loss(run *r, const td_case **cb, const double (*win)[6], td_rng *r
     if (rc == 0)
         for (int i = 0; i < nt; i++)
             op_acc_cpu(dimg + (size_t)src[i] * E, dim_ + (size_t)i * E, (size_t)E);
-    free(sent), free(pos), free(use), free(src), free(img), free(dim_), free(raw), free(txt);
-    free(dtxt);
-    free(nrm), free(mask), free(cols);
+    free(sent), free(pos), free(use), free(src);
+    text_bufs_free(&tb);
     return rc;
 }
 
@@ -684,14 +709,12 @@ static int step_once(run *r, long t, float *img, uint8_t *lab, uint8_t *pool, pa
     int nr = 0; /* OT and CLIP rows; AT has its own buffers (at_loss) */
     int cap = NB * K1;
     int *rb = xmalloc(sizeof(int) * (size_t)cap), *rc_ = xmalloc(sizeof(int) * (size_t)cap);
-    float *rimg = xmalloc(sizeof(float) * (size_t)cap * E);
-    float *dimg = xmalloc(sizeof(float) * (size_t)cap * E);
-    float *raw = xmalloc(sizeof(float) * (size_t)cap * TD);
-    float *txt = xmalloc(sizeof(float) * (size_t)cap * E);
-    float *dtxt = xmalloc(sizeof(float) * (size_t)cap * E);
-    float *nrm = xmalloc(sizeof(float) * (size_t)cap);
-    uint8_t *mask = xmalloc((size_t)cap * (size_t)cap);
-    glp_text *cols = xmalloc(sizeof *cols * (size_t)cap);
+    text_bufs tb;
+    text_bufs_alloc(&tb, cap, cap, E, TD);
+    float *rimg = tb.img, *dimg = tb.dimg, *raw = tb.raw, *txt = tb.txt, *dtxt = tb.dtxt;
+    float *nrm = tb.nrm;
+    uint8_t *mask = tb.mask;
+    glp_text *cols = tb.cols;
 
     if (clip) {
         /* Vanilla CLIP: the whole patch (pooled as class 1 everywhere)
@@ -751,8 +774,8 @@ static int step_once(run *r, long t, float *img, uint8_t *lab, uint8_t *pool, pa
     if (rc != 0) goto done;
     rc = net_step(r, t);
 done:
-    free(rb), free(rc_), free(rimg), free(dimg), free(raw), free(txt), free(dtxt), free(nrm);
-    free(mask), free(cols);
+    free(rb), free(rc_);
+    text_bufs_free(&tb);
 fail:
     for (int b = 0; b < B; b++)
         if (cs[b]) td_cache_put(r->cache, cs[b]);

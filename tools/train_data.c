@@ -564,6 +564,18 @@ void td_case_clear(td_case *c)
     memset(c, 0, sizeof *c);
 }
 
+/* Resamples a label or lesion map (nearest neighbour, background 0) to
+ * spacing in place; on failure *v is left as it was. */
+static int resample_nearest(ctg_vol **v, const double spacing[3])
+{
+    ctg_vol *tmp = NULL;
+    int rc = ctg_vol_resample(*v, spacing, CTG_NEAREST, 0.0, &tmp);
+    if (rc < 0) return rc;
+    ctg_vol_free(*v);
+    *v = tmp;
+    return 0;
+}
+
 /* Reads e's lesion map (U8 lesion numbers) onto ct's grid, as the labels. */
 static int load_lesions(const td_entry *e, const ctg_vol *ct, ctg_vol **out, char *why,
                         size_t n)
@@ -731,23 +743,13 @@ int td_case_load(const td_manifest *m, int i, const td_opts *o, td_case *out, ch
         }
         ctg_vol_free(ct);
         ct = tmp;
-        if ((rc = ctg_vol_resample(lab, o->spacing, CTG_NEAREST, 0.0, &tmp)) < 0) {
-            tmp = NULL;
+        if ((rc = resample_nearest(&lab, o->spacing)) < 0) {
             snprintf(why, n, "labels: resampling: %s", ctg_strerror(rc));
             goto fail;
         }
-        ctg_vol_free(lab);
-        lab = tmp;
-        tmp = NULL;
-        if (les) {
-            if ((rc = ctg_vol_resample(les, o->spacing, CTG_NEAREST, 0.0, &tmp)) < 0) {
-                tmp = NULL;
-                snprintf(why, n, "lesions: resampling: %s", ctg_strerror(rc));
-                goto fail;
-            }
-            ctg_vol_free(les);
-            les = tmp;
-            tmp = NULL;
+        if (les && (rc = resample_nearest(&les, o->spacing)) < 0) {
+            snprintf(why, n, "lesions: resampling: %s", ctg_strerror(rc));
+            goto fail;
         }
     }
     int boxes[256][6];
